@@ -1,0 +1,21 @@
+"""Agent and policy builders: SB3 algorithms configured from YAML, with dropout and optimizer choices."""
+
+from rltransfer.agents.algorithms import ALGORITHMS, AlgorithmSpec, ConsistentA2C, ConsistentPPO
+from rltransfer.agents.builder import ACTIVATIONS, build_agent, optimizer_settings, policy_kwargs, policy_name
+from rltransfer.agents.dropout import MaskBank, MaskedDropout, add_dropout, dropout_layers
+
+__all__ = [
+    "ACTIVATIONS",
+    "ALGORITHMS",
+    "AlgorithmSpec",
+    "ConsistentA2C",
+    "ConsistentPPO",
+    "MaskBank",
+    "MaskedDropout",
+    "add_dropout",
+    "build_agent",
+    "dropout_layers",
+    "optimizer_settings",
+    "policy_kwargs",
+    "policy_name",
+]

@@ -1,0 +1,112 @@
+"""Families of similar games: a base game plus named context parameters with defaults and ranges.
+
+A source or target task is data, not a subclass: a registered id (a named variant) or an id plus context overrides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+
+from rltransfer.errors import ConfigError, did_you_mean
+
+NAMESPACE = "rltransfer"
+
+
+@dataclass(frozen=True)
+class ContextParam:
+    """One physical parameter of a family: default, allowed range and meaning."""
+
+    default: float
+    low: float
+    high: float
+    doc: str
+
+
+@dataclass(frozen=True)
+class EnvFamily:
+    """A base game, its context parameters and its named variants (each registered as ``rltransfer/<Name>-vN``)."""
+
+    name: str
+    entry_point: str
+    params: Mapping[str, ContextParam]
+    variants: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    version: int = 1
+    max_episode_steps: int | None = None
+    reward_threshold: float | None = None
+    doc: str = ""
+
+    def env_id(self, variant: str | None = None) -> str:
+        return f"{NAMESPACE}/{variant or self.name}-v{self.version}"
+
+    def ids(self) -> dict[str, dict[str, float]]:
+        """Every registered id with its context overrides."""
+        ids = {self.env_id(): {}}
+        ids.update({self.env_id(name): dict(overrides) for name, overrides in self.variants.items()})
+        return ids
+
+    def validate(self, context: Mapping[str, Any], where: str = "context") -> dict[str, float]:
+        """Check names, types and ranges of context overrides; errors name the parameter and its range."""
+        checked = {}
+        for key, value in context.items():
+            spec = self.params.get(key)
+            if spec is None:
+                raise ConfigError(
+                    f"`{where}.{key}` is not a parameter of the {self.name} family{did_you_mean(key, self.params)}. "
+                    f"Its parameters are: {', '.join(self.params)}."
+                )
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"`{where}.{key}` must be a number, got {value!r}.")
+            if not spec.low <= value <= spec.high:
+                raise ConfigError(
+                    f"`{where}.{key}` = {value} is outside the {self.name} family's range [{spec.low}, {spec.high}] "
+                    f"({spec.doc}). Choose a value inside it."
+                )
+            checked[key] = float(value)
+        return checked
+
+
+FAMILIES: dict[str, EnvFamily] = {}
+
+
+def register_family(family: EnvFamily) -> EnvFamily:
+    """Register the family's base id and every variant with gymnasium (idempotent)."""
+    FAMILIES[family.name] = family
+    for env_id, overrides in family.ids().items():
+        if env_id in gym.registry:
+            continue
+        gym.register(
+            id=env_id,
+            entry_point=family.entry_point,
+            max_episode_steps=family.max_episode_steps,
+            reward_threshold=family.reward_threshold,
+            kwargs=dict(overrides),
+        )
+    return family
+
+
+def family_of(env_id: str) -> EnvFamily | None:
+    """The family an id belongs to, or None for other gymnasium ids."""
+    env_id = env_id.split(":")[-1]
+    for family in FAMILIES.values():
+        if env_id in family.ids():
+            return family
+    return None
+
+
+def describe_families() -> str:
+    """A text listing of every family: ids, parameters with defaults and ranges."""
+    lines = []
+    for family in FAMILIES.values():
+        lines.append(f"{family.name}: {family.doc}")
+        lines.append("  ids:")
+        for env_id, overrides in family.ids().items():
+            shown = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
+            lines.append(f"    {env_id}  ({shown})")
+        lines.append("  context parameters:")
+        for name, spec in family.params.items():
+            lines.append(f"    {name} = {spec.default}  range [{spec.low}, {spec.high}]  {spec.doc}")
+    return "\n".join(lines)

@@ -1,0 +1,187 @@
+"""SB3 callbacks: evaluation with early stopping that keeps the best model, and run information for TensorBoard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback, StopTrainingOnNoModelImprovement
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.logger import HParam, TensorBoardOutputFormat
+from stable_baselines3.common.vec_env import VecEnv
+
+from rltransfer.io import save_model, write_json
+from rltransfer.layers import count_parameters
+
+
+class SaveBest(BaseCallback):
+    """Called by :class:`EvaluateAndKeepBest` on each new best: save it atomically; stop at the threshold."""
+
+    def __init__(self, path: Path, threshold: float | None) -> None:
+        super().__init__()
+        self.path = path
+        self.threshold = threshold
+        self.best_step: int | None = None
+        self.reached_threshold_at: int | None = None
+
+    def _on_step(self) -> bool:
+        assert self.parent is not None
+        save_model(self.model, self.path)
+        self.best_step = self.num_timesteps
+        # the step-0 evaluation never stops training: a run always trains for at least one evaluation period
+        if (
+            self.threshold is not None
+            and self.num_timesteps > 0
+            and self.parent.best_mean_reward >= self.threshold
+        ):
+            self.reached_threshold_at = self.num_timesteps
+            return False
+        return True
+
+
+class EvaluateAndKeepBest(EvalCallback):
+    """SB3's EvalCallback, evaluating at step 0 too, saving the best model atomically and recording the curve.
+
+    Early stopping is SB3's ``StopTrainingOnNoModelImprovement`` after every evaluation; a threshold stops
+    training as soon as the mean evaluation return reaches it (never at step 0). A later evaluation that ties
+    with the best replaces the kept model. With ``initial_is_candidate=False`` (training from scratch) the step-0
+    evaluation only starts the curve: an untrained network is never the run's result. The curve (step, mean return, mean length) is kept
+    in ``curve`` and written to ``evaluations.json`` after each evaluation.
+    """
+
+    def __init__(
+        self,
+        eval_env: VecEnv,
+        run_dir: Path,
+        *,
+        every: int,
+        episodes: int,
+        deterministic: bool,
+        patience: int | None,
+        min_evals: int,
+        threshold: float | None,
+        initial_is_candidate: bool = True,
+    ) -> None:
+        self.save_best = SaveBest(run_dir / "best_model.zip", threshold)
+        stop = None
+        if patience is not None:
+            stop = StopTrainingOnNoModelImprovement(
+                max_no_improvement_evals=patience, min_evals=min_evals, verbose=0
+            )
+        super().__init__(
+            eval_env,
+            callback_on_new_best=self.save_best,
+            callback_after_eval=stop,
+            n_eval_episodes=episodes,
+            eval_freq=every,
+            log_path=None,
+            best_model_save_path=None,
+            deterministic=deterministic,
+            verbose=0,
+            warn=False,
+        )
+        self.run_dir = run_dir
+        self.initial_is_candidate = initial_is_candidate
+        self.curve: list[dict[str, float]] = []
+        self.stop_reason: str | None = None
+        self._continue = True
+
+    def _on_training_start(self) -> None:
+        if self.initial_is_candidate:
+            # n_calls is 0 here, so the parent's check evaluates: the zero-shot point, which may be the best
+            self._continue = self._evaluate_now()
+            return
+        # an untrained network is never kept as a run's result, but its score starts the curve
+        returns, lengths = evaluate_policy(
+            self.model,
+            self.eval_env,
+            n_eval_episodes=self.n_eval_episodes,
+            deterministic=self.deterministic,
+            return_episode_rewards=True,
+            warn=False,
+        )
+        self.logger.record("eval/mean_reward", float(np.mean(returns)))
+        self.logger.record("eval/mean_ep_length", float(np.mean(lengths)))
+        self.logger.dump(self.num_timesteps)
+        self.curve.append({"step": self.num_timesteps, "mean_return": float(np.mean(returns))})
+        write_json(self.run_dir / "evaluations.json", self.curve)
+
+    def _on_step(self) -> bool:
+        if not self._continue:
+            return False
+        self._continue = self._evaluate_now()
+        return self._continue
+
+    def _evaluate_now(self) -> bool:
+        evaluating = self.eval_freq > 0 and self.n_calls % self.eval_freq == 0
+        best_before = self.best_mean_reward
+        keep_going = super()._on_step()
+        if evaluating:
+            self.curve.append({"step": self.num_timesteps, "mean_return": self.last_mean_reward})
+            write_json(self.run_dir / "evaluations.json", self.curve)
+            if self.best_mean_reward == best_before and self.last_mean_reward == best_before:
+                # a tie with the best goes to the later model (same score, more training); SB3's patience
+                # still counts it as no improvement
+                keep_going = self.save_best.on_step() and keep_going
+        if not keep_going and self.stop_reason is None:
+            if self.save_best.reached_threshold_at is not None:
+                self.stop_reason = f"threshold reached at step {self.save_best.reached_threshold_at}"
+            else:
+                self.stop_reason = f"no improvement in {self.callback.max_no_improvement_evals} evaluations"  # type: ignore[union-attr]
+        return keep_going
+
+
+class RunInfo(BaseCallback):
+    """Write the run's config (text and hparams) and its trainable/frozen parameter counts to TensorBoard."""
+
+    def __init__(
+        self, config_yaml: str, hparams: dict[str, Any], texts: dict[str, str] | None = None
+    ) -> None:
+        super().__init__()
+        self.config_yaml = config_yaml
+        self.hparams = hparams
+        self.texts = texts or {}
+
+    def _on_training_start(self) -> None:
+        writer = next(
+            (fmt.writer for fmt in self.logger.output_formats if isinstance(fmt, TensorBoardOutputFormat)),
+            None,
+        )
+        if writer is not None:
+            writer.add_text("config", _markdown_code(self.config_yaml), 0)
+            for tag, text in self.texts.items():
+                writer.add_text(tag, _markdown_code(text), 0)
+        metrics = {"eval/mean_reward": 0.0, "eval/mean_ep_length": 0.0}
+        self.logger.record("hparams", HParam(self.hparams, metrics), exclude=("stdout", "log", "json", "csv"))
+        self._record_parameters()
+
+    def _on_rollout_end(self) -> None:
+        self._record_parameters()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _record_parameters(self) -> None:
+        trainable, frozen = count_parameters(self.model.policy)
+        self.logger.record("params/trainable", trainable)
+        self.logger.record("params/frozen", frozen)
+
+
+def _markdown_code(text: str) -> str:
+    # TensorBoard renders text as markdown; indent by 4 spaces to keep it verbatim
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+def flat_hparams(data: dict[str, Any], prefix: str = "") -> dict[str, bool | str | float | int]:
+    """Flatten a nested config into TensorBoard-hparams-compatible scalars (lists become strings)."""
+    flat: dict[str, bool | str | float | int] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_hparams(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        elif value is not None:
+            flat[name] = str(value)
+    return flat

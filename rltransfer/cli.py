@@ -1,0 +1,148 @@
+"""``rltransfer train | transfer | layers | envs``: the command line over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rltransfer.errors import ConfigError, RLTransferError
+
+
+def _packaged_configs() -> list[str]:
+    root = resources.files("rltransfer.configs")
+    found = []
+    for family in root.iterdir():
+        if family.is_dir() and not family.name.startswith("_"):
+            found += [
+                f"{family.name}/{item.name[:-5]}" for item in family.iterdir() if item.name.endswith(".yaml")
+            ]
+    return sorted(found)
+
+
+def resolve_config_path(argument: str) -> Path:
+    """A config file path as given, else a config shipped with rltransfer (``cartpole/source``)."""
+    path = Path(argument)
+    if path.is_file():
+        return path
+    name = argument.removeprefix("configs/").removesuffix(".yaml")
+    packaged = resources.files("rltransfer.configs").joinpath(*f"{name}.yaml".split("/"))
+    if packaged.is_file():
+        with resources.as_file(packaged) as real:
+            return Path(real)
+    raise ConfigError(
+        f"Config {argument} does not exist (relative paths start at {Path.cwd()}). "
+        f"Give a YAML file, or one of the configs shipped with rltransfer: {', '.join(_packaged_configs())}."
+    )
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(
+                f"--set {item!r} must look like key.subkey=value, e.g. --set agent.optimizer.lr=0.001."
+            )
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            overrides[key] = value
+    for flag in ("name", "seed", "budget", "device", "log_root", "source"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[flag] = value
+    return overrides
+
+
+def _run_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config file, or a shipped config such as cartpole/source")
+    parser.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)"
+    )
+    parser.add_argument("--name", help="run name (the run directory is LOG_ROOT/NAME)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--budget", type=int, help="maximum environment steps")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--log-root", dest="log_root", help="folder holding every run (default: runs)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rltransfer", description="Reinforcement transfer learning on SB3.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a source agent from a config")
+    _run_args(train)
+    transfer = commands.add_parser(
+        "transfer", help="transfer a source agent to a target game and fine-tune it"
+    )
+    _run_args(transfer)
+    transfer.add_argument("--source", help="source run directory or SB3 .zip (overrides the config)")
+    layers = commands.add_parser("layers", help="list an agent's layers (name, type, shapes, trainable)")
+    layers.add_argument("agent", help="an rltransfer run directory or an SB3 .zip")
+    commands.add_parser("envs", help="list the families of similar games and their context parameters")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except RLTransferError as error:
+        print(f"rltransfer: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rltransfer: interrupted.", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "envs":
+        from rltransfer.envs import describe_families
+
+        print(describe_families())
+        return 0
+    if args.command == "layers":
+        return _layers(args.agent)
+    from rltransfer.config import TrainConfig, TransferConfig, load_config
+
+    model = TrainConfig if args.command == "train" else TransferConfig
+    config = load_config(resolve_config_path(args.config), model, _overrides(args))
+    if args.command == "train":
+        from rltransfer.training import train
+
+        result = train(config, progress_bar=not args.no_progress)
+    else:
+        from rltransfer.transfers import transfer
+
+        result = transfer(config, progress_bar=not args.no_progress)
+        if result.frozen_unchanged is not None:
+            state = "bit-identical" if result.frozen_unchanged else "CHANGED (please report this)"
+            print(f"Frozen layers after fine-tuning: {state}.")
+    print(result.summary())
+    print(f"TensorBoard: tensorboard --logdir {Path(config.log_root)}")
+    return 0
+
+
+def _layers(agent: str) -> int:
+    from rltransfer.transfers import load_source
+
+    source = load_source(agent)
+    rows = [("tensor", "shape", "parameters")]
+    for key, tensor in source.state_dict.items():
+        rows.append((key, str(list(tensor.shape)), f"{tensor.numel():,}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    algo = source.algo or "unknown"
+    print(f"{source.path}: algorithm {algo}; layer names are the tensor names without .weight/.bias")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,316 @@
+"""YAML configs validated into typed objects; every error names the file, the key and the fix."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from rltransfer.errors import ConfigError, did_you_mean
+
+Activation = Literal["tanh", "relu", "elu", "leaky_relu", "gelu", "silu"]
+Algo = Literal["ppo", "a2c", "dqn", "sac", "td3"]
+OptimizerName = Literal["adam", "adamw", "rmsprop", "adagrad", "sgd"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class EnvConfig(_Section):
+    """The game: a gymnasium id (``CartPole-v1``, ``rltransfer/CartPoleLongPole-v1``, ``module:EnvId``)."""
+
+    id: str
+    """Gymnasium environment id."""
+    context: dict[str, Any] = Field(default_factory=dict)
+    """Context overrides for rltransfer families (e.g. ``pole_length: 2.0``); for other envs, gym.make kwargs."""
+    n_envs: int = Field(8, ge=1)
+    """Parallel training environments (a DummyVecEnv)."""
+
+
+class EvalConfig(_Section):
+    """Evaluation on a separate environment, early stopping, and the return threshold."""
+
+    every: int = Field(5000, ge=1)
+    """Evaluate every this many environment steps (summed over the parallel envs); also once at step 0."""
+    episodes: int = Field(10, ge=1)
+    """Episodes per evaluation."""
+    deterministic: bool = True
+    """Evaluate the greedy (deterministic) policy."""
+    patience: int | None = Field(5, ge=1)
+    """Stop when this many evaluations in a row bring no new best (null: never stop early)."""
+    min_evals: int = Field(2, ge=0)
+    """Evaluations before early stopping may trigger."""
+    threshold: float | Literal["env"] | None = None
+    """Stop as soon as the mean evaluation return reaches this; ``env`` takes the env's reward threshold."""
+
+
+class PolicyConfig(_Section):
+    """The policy network."""
+
+    hidden: list[int] | dict[str, list[int]] | None = None
+    """Hidden layer sizes, e.g. ``[64, 64]``, or ``{pi: [...], vf: [...]}`` / ``{pi, qf}``; null: SB3's default."""
+    activation: Activation | None = None
+    """Hidden activation; null: SB3's default (tanh for PPO/A2C, relu otherwise)."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout after every hidden layer (0.2-0.5 is usual; 0 turns it off). Off while acting and evaluating."""
+    consistent_dropout: bool = True
+    """PPO/A2C: one mask per rollout sample for its old and new log-probabilities (the PPO ratio starts at 1)."""
+    ortho_init: bool | None = None
+    """PPO/A2C: orthogonal initialisation (SB3's default: true)."""
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_sizes(cls, value: Any) -> Any:
+        sizes = value if isinstance(value, list) else [s for v in (value or {}).values() for s in v]
+        if any(size < 1 for size in sizes):
+            raise ValueError("hidden layer sizes must be positive integers")
+        if isinstance(value, dict):
+            unknown = set(value) - {"pi", "vf", "qf"}
+            if unknown:
+                raise ValueError(f"hidden accepts the keys pi, vf, qf; got {sorted(unknown)}")
+        return value
+
+
+class OptimizerConfig(_Section):
+    """The optimizer, its learning-rate schedule and the weight penalties."""
+
+    name: OptimizerName | None = None
+    """adam, adamw, rmsprop, adagrad or sgd; null: the algorithm's SB3 default (RMSprop for A2C, else Adam)."""
+    lr: float | None = Field(None, ge=0.0)
+    """Learning rate; null: the algorithm's SB3 default."""
+    schedule: Literal["constant", "linear"] = "constant"
+    """``linear`` decays the learning rate to 0 over the budget."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """L2 penalty (decoupled for AdamW)."""
+    l1: float = Field(0.0, ge=0.0)
+    """L1 penalty on weight matrices."""
+    eps: float | None = Field(None, gt=0.0)
+    """Adam/RMSprop/Adagrad epsilon; null keeps SB3's default (1e-5 for PPO/A2C)."""
+    momentum: float | None = Field(None, ge=0.0)
+    """SGD/RMSprop momentum."""
+
+
+class AgentConfig(_Section):
+    """The learning algorithm, its hyperparameters, its network and its optimizer."""
+
+    algo: Algo = "ppo"
+    """ppo, a2c, dqn (discrete actions), sac or td3 (continuous actions)."""
+    hyperparams: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the SB3 algorithm (n_steps, batch_size, gamma, ...)."""
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+
+
+_MANAGED = {
+    "policy",
+    "env",
+    "learning_rate",
+    "policy_kwargs",
+    "seed",
+    "device",
+    "tensorboard_log",
+    "verbose",
+    "_init_setup_model",
+}
+
+
+class RunConfig(_Section):
+    """What every run has: a name, a game, a budget, evaluation and where its files go."""
+
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Run name: the run directory is ``<log_root>/<name>``."""
+    seed: int = Field(0, ge=0)
+    device: str = "auto"
+    """auto (CUDA when available, else CPU), cpu, cuda or cuda:N."""
+    log_root: str = "runs"
+    """Folder that holds every run; ``tensorboard --logdir <log_root>`` shows them side by side."""
+    budget: int = Field(..., ge=1)
+    """Maximum environment steps."""
+    env: EnvConfig
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        import re
+
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError("device must be auto, cpu, mps, cuda or cuda:N")
+        return value
+
+
+class TrainConfig(RunConfig):
+    """``rltransfer train``: train a source agent from scratch."""
+
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+
+
+class TransferConfig(RunConfig):
+    """``rltransfer transfer``: copy a source agent's fitting layers into a target agent and fine-tune it."""
+
+    source: str
+    """An rltransfer run directory, or an SB3 ``.zip`` saved by rltransfer or by plain SB3 ``model.save``."""
+    freeze: list[str] = Field(default_factory=list)
+    """Layers to freeze: exact names, globs (``mlp_extractor.policy_net.*``) or ``up_to:NAME``."""
+    reinit: list[str] = Field(default_factory=list)
+    """Layers to re-initialise even though they fit (e.g. a fresh head)."""
+    agent: AgentConfig | None = None
+    """The target agent; null: the source run's agent (for a plain SB3 zip: the defaults)."""
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"Config file {path} does not exist. Check the path (relative paths start at {Path.cwd()})."
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            f"{path} is not valid YAML: {error}. Fix the syntax at the position shown."
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a UTF-8 text file; a config must be YAML text.") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path} must hold a YAML mapping of settings (key: value), not a {type(data).__name__}."
+        )
+    return data
+
+
+def parse_config(data: dict[str, Any], model: type[RunConfig], origin: str = "config") -> RunConfig:
+    """Validate a mapping into `model`; the first problem becomes a :class:`ConfigError` naming its key."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{origin} must be a mapping of settings (key: value), not a {type(data).__name__}."
+        )
+    try:
+        config = model.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_explain(error, model, origin)) from None
+    agent = getattr(config, "agent", None)
+    if agent is not None:
+        check_hyperparams(agent, origin)
+    return config
+
+
+def load_config(
+    path: str | Path, model: type[RunConfig], overrides: dict[str, Any] | None = None
+) -> RunConfig:
+    """Load a YAML file into `model`; ``name`` defaults to the file's stem; `overrides` use dotted keys."""
+    data = load_yaml(path)
+    data.setdefault("name", Path(path).stem)
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value, str(path))
+    return parse_config(data, model, str(path))
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any, origin: str = "config") -> None:
+    """Set ``a.b.c`` in nested dicts, creating missing levels."""
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(
+                f"{origin}: cannot set `{dotted}`: `{key}` holds a {type(child).__name__}, not a mapping."
+            )
+        node = child
+    node[keys[-1]] = value
+
+
+def check_hyperparams(agent: AgentConfig, origin: str) -> None:
+    """Every hyperparameter must be a keyword argument of the SB3 algorithm that rltransfer does not set itself."""
+    from rltransfer.agents import ALGORITHMS
+
+    accepted = (
+        set(inspect.signature(ALGORITHMS[agent.algo].sb3_cls.__init__).parameters) - _MANAGED - {"self"}
+    )
+    for key in agent.hyperparams:
+        if key in _MANAGED:
+            where = {
+                "learning_rate": "agent.optimizer.lr",
+                "policy_kwargs": "agent.policy",
+                "seed": "seed",
+                "device": "device",
+                "env": "env",
+            }.get(key, "the top level of the config")
+            raise ConfigError(
+                f"{origin}: `agent.hyperparams.{key}` is set by rltransfer; set it with `{where}` instead."
+            )
+        if key not in accepted:
+            raise ConfigError(
+                f"{origin}: `agent.hyperparams.{key}` is not a setting of {agent.algo.upper()}"
+                f"{did_you_mean(key, accepted)}. Its settings are: {', '.join(sorted(accepted))}."
+            )
+
+
+def _explain(error: ValidationError, model: type[BaseModel], origin: str) -> str:
+    first = error.errors()[0]
+    location = _trim_union_tags(first["loc"])
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        known = _known_keys(model, first["loc"][:-1])
+        key = str(first["loc"][-1])
+        return (
+            f"{origin}: `{location}` is not a known setting{did_you_mean(key, known)}. "
+            f"Known settings here: {', '.join(known)}. Remove or rename the key."
+        )
+    if kind == "missing":
+        return f"{origin}: `{location}` is required but missing. Add it to the config."
+    got = first.get("input")
+    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"{origin}: `{location}` is invalid: {message} (got {shown}). Fix the value in the config."
+
+
+_UNION_TAGS = {"list[int]", "dict[str,list[int]]", "float", "str", "int", "bool", "AgentConfig"}
+
+
+def _trim_union_tags(loc: tuple[Any, ...]) -> str:
+    parts = []
+    for part in loc:
+        text = str(part)
+        # pydantic names union members (e.g. 'list[int]', 'AgentConfig', 'literal[...]') inside the location
+        if text in _UNION_TAGS or text.startswith(("literal[", "function-", "constrained-")):
+            continue
+        parts.append(text)
+    return ".".join(parts) or "(top level)"
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            continue
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation
+
+
+def dump_config(config: BaseModel) -> str:
+    """The resolved config as YAML (every default filled in)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

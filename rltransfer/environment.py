@@ -1,0 +1,82 @@
+"""Resolve env ids (registered, ``module:EnvId`` and rltransfer families), check contexts, build vector envs."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import gymnasium as gym
+import torch
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+
+import rltransfer.envs  # noqa: F401  (registers the families)
+from rltransfer.config import EnvConfig
+from rltransfer.envs.base import family_of
+from rltransfer.errors import ConfigError, did_you_mean
+
+EVAL_SEED_OFFSET = 10_000
+
+
+def check_env_id(env_id: str, where: str = "env.id") -> gym.envs.registration.EnvSpec:
+    """The spec of a gymnasium id, importing ``module:`` first; unknown ids get a did-you-mean error."""
+    name = env_id
+    if ":" in env_id:
+        module, name = env_id.split(":", 1)
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ConfigError(
+                f"`{where}` {env_id!r}: the module {module!r} cannot be imported ({error}). "
+                "Install it or fix the module name before the colon."
+            ) from None
+    try:
+        return gym.spec(name)
+    except gym.error.Error:
+        raise ConfigError(
+            f"`{where}` {env_id!r} is not a registered gymnasium environment{did_you_mean(name, gym.registry)}. "
+            "Run `rltransfer envs` for rltransfer's games, or use `module:EnvId` to import a module that "
+            "registers yours."
+        ) from None
+
+
+def check_env(env: EnvConfig, where: str = "env") -> dict[str, Any]:
+    """Validate the id and the context overrides (names and ranges for rltransfer families)."""
+    check_env_id(env.id, f"{where}.id")
+    family = family_of(env.id)
+    if family is None:
+        return dict(env.context)
+    return family.validate(env.context, f"{where}.context")
+
+
+def make_envs(env: EnvConfig, seed: int) -> tuple[VecEnv, VecEnv]:
+    """Training envs (``env.n_envs``, seeded from `seed`) and a separate single evaluation env (other seeds)."""
+    context = check_env(env)
+    try:
+        train_env = make_vec_env(
+            env.id, n_envs=env.n_envs, seed=seed, env_kwargs=context, vec_env_cls=DummyVecEnv
+        )
+    except TypeError as error:
+        raise ConfigError(
+            f"`env.context` {context} was rejected by {env.id}: {error}. Remove the unknown keys."
+        ) from None
+    eval_env = make_vec_env(
+        env.id, n_envs=1, seed=seed + EVAL_SEED_OFFSET, env_kwargs=context, vec_env_cls=DummyVecEnv
+    )
+    return train_env, eval_env
+
+
+def reward_threshold(env_id: str) -> float | None:
+    """The env's registered reward threshold, if any."""
+    return check_env_id(env_id).reward_threshold
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``; explicit devices are checked."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"`device` is {device!r} but no CUDA GPU is visible here; use `device: auto` or `cpu`."
+        )
+    return device

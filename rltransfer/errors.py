@@ -1,0 +1,38 @@
+"""The exceptions rltransfer raises for bad input: one paragraph that says what, where and how to fix it."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class RLTransferError(Exception):
+    """Base class of every error caused by the user's input; the CLI prints it without a traceback."""
+
+
+class ConfigError(RLTransferError, ValueError):
+    """A configuration file or value is invalid (unknown key, wrong type, value out of range)."""
+
+
+class LayerSelectionError(RLTransferError, KeyError):
+    """A layer name or pattern does not match any layer of the model."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class TransferError(RLTransferError):
+    """A source agent cannot be loaded or mapped onto the target."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return ' (did you mean `x`?)' for the closest choice, or an empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def short_list(names: Iterable[str], limit: int = 40) -> str:
+    """Join names for an error message, cut after `limit` entries."""
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")

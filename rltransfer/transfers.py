@@ -1,0 +1,320 @@
+"""Source agent -> target agent: copy every layer whose name and shape fit, re-initialise the rest, freeze, fine-tune.
+
+Source weights are read from the ``policy.pth`` inside the SB3 ``.zip`` with PyTorch's weights-only loader: no
+pickled object in the file is ever executed. The target architecture comes from plain data: the transfer config,
+the source run's ``config.yaml``, or the shapes of the source weights themselves.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rltransfer.config import AgentConfig, PolicyConfig, TrainConfig, TransferConfig, load_yaml, parse_config
+from rltransfer.errors import ConfigError, TransferError, short_list
+from rltransfer.training import RunResult, coerce_config, run_training
+
+
+@dataclass
+class SourceAgent:
+    """A source agent's weights and, when known, the agent config it was trained with."""
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    agent: AgentConfig | None = None
+    algo: str | None = None
+
+
+@dataclass
+class LayerMapping:
+    """Which target layers were copied from the source, which were re-initialised (and why), which were frozen."""
+
+    copied: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
+    reinitialised: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unused: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
+    frozen: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        """A table a person reads: one row per layer with its fate and shapes."""
+        rows = [("layer", "action", "source shape", "target shape")]
+        for name, shapes in self.copied.items():
+            action = "copied, frozen" if _covered(name, self.frozen) else "copied"
+            rows.append((name, action, _shapes(shapes), _shapes(shapes)))
+        for name, info in self.reinitialised.items():
+            action = f"re-initialised ({info['reason']})" + (
+                ", frozen" if _covered(name, self.frozen) else ""
+            )
+            rows.append(
+                (name, action, _shapes(info["source"]) if info["source"] else "-", _shapes(info["target"]))
+            )
+        for name, shapes in self.unused.items():
+            rows.append((name, "dropped (not in target)", _shapes(shapes), "-"))
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines = [
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+        ]
+        lines.append(
+            f"{len(self.copied)} layers copied, {len(self.reinitialised)} re-initialised, "
+            f"{len(self.unused)} dropped; frozen: {', '.join(self.frozen) or 'none'}"
+        )
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "copied": {k: [list(s) for s in v] for k, v in self.copied.items()},
+            "reinitialised": self.reinitialised,
+            "unused": {k: [list(s) for s in v] for k, v in self.unused.items()},
+            "frozen": self.frozen,
+        }
+
+
+@dataclass
+class TransferResult(RunResult):
+    """A transfer run's result, with its layer mapping and whether the frozen layers stayed bit-identical."""
+
+    mapping: LayerMapping | None = None
+    frozen_unchanged: bool | None = None
+
+
+def _covered(name: str, prefixes: list[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _shapes(shapes: list[tuple[int, ...]]) -> str:
+    return " ".join(str(list(shape)) for shape in shapes)
+
+
+def _group(keys: list[str]) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        groups.setdefault(key.rpartition(".")[0], []).append(key)
+    return groups
+
+
+def load_source(source: str | Path) -> SourceAgent:
+    """Read a source agent: an rltransfer run directory, or an SB3 ``.zip`` (rltransfer's or plain SB3's)."""
+    path = Path(source)
+    if not path.exists() and path.with_name(path.name + ".zip").exists():
+        path = path.with_name(path.name + ".zip")
+    if path.is_dir():
+        run_dir, path = path, path / "best_model.zip"
+        if not path.exists():
+            raise TransferError(
+                f"Source run directory {run_dir} holds no best_model.zip: the run did not finish or is not an "
+                "rltransfer run. Point `source` at a finished run or at an SB3 .zip file."
+            )
+    elif not path.exists():
+        raise TransferError(
+            f"Source agent {path} does not exist. Set `source` to an rltransfer run directory (e.g. runs/NAME) "
+            "or to an SB3 .zip saved with model.save(...); relative paths start at the current directory."
+        )
+    state_dict, data = _read_zip(path)
+    agent = None
+    config_path = path.parent / "config.yaml"
+    if (path.parent / "run.json").exists() and config_path.exists():
+        raw = load_yaml(config_path)
+        if "agent" in raw and isinstance(raw["agent"], dict):
+            agent = parse_config(
+                {"name": "source", "budget": 1, "env": {"id": "CartPole-v1"}, "agent": raw["agent"]},
+                TrainConfig,
+                str(config_path),
+            ).agent  # type: ignore[union-attr]
+    algo = agent.algo if agent else _algo_from_data(data)
+    return SourceAgent(path=path, state_dict=state_dict, agent=agent, algo=algo)
+
+
+def _read_zip(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if "policy.pth" not in names:
+                raise TransferError(
+                    f"{path} is a zip file but not an SB3 agent (no policy.pth inside; it holds {short_list(names, 8)}). "
+                    "Save agents with SB3's model.save(...) or use an rltransfer run directory."
+                )
+            weights = archive.read("policy.pth")
+            data_text = archive.read("data").decode("utf-8", errors="replace") if "data" in names else "{}"
+    except zipfile.BadZipFile:
+        raise TransferError(
+            f"{path} is not a readable zip file (truncated, corrupt, or another format). "
+            "Re-save the agent with SB3's model.save(...) or point `source` at another file."
+        ) from None
+    try:
+        state_dict = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
+    except Exception as error:  # the weights-only unpickler rejects anything but tensors and plain containers
+        raise TransferError(
+            f"{path}: policy.pth could not be read as plain weights ({type(error).__name__}: {error}). "
+            "The file is damaged or carries objects other than tensors; rltransfer does not execute them."
+        ) from None
+    try:
+        data = json.loads(data_text)
+    except json.JSONDecodeError:
+        data = {}
+    return state_dict, data if isinstance(data, dict) else {}
+
+
+def _algo_from_data(data: dict[str, Any]) -> str | None:
+    module = (
+        str((data.get("policy_class") or {}).get("__module__", ""))
+        if isinstance(data.get("policy_class"), dict)
+        else ""
+    )
+    for algo in ("dqn", "sac", "td3"):
+        if f"stable_baselines3.{algo}." in module:
+            return algo
+    return "ppo" if "stable_baselines3.common" in module else None
+
+
+def infer_hidden(state_dict: dict[str, torch.Tensor], algo: str) -> list[int] | dict[str, list[int]] | None:
+    """Hidden layer sizes read off the source weights (for plain SB3 zips that carry no rltransfer config)."""
+
+    def sizes(prefix: str, drop_last: bool) -> list[int]:
+        pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.weight$")
+        found = sorted(
+            (int(m.group(1)), t.shape[0])
+            for k, t in state_dict.items()
+            if (m := pattern.match(k)) and t.dim() == 2
+        )
+        out = [size for _, size in found]
+        return out[:-1] if drop_last else out
+
+    if algo in ("ppo", "a2c"):
+        pi, vf = sizes("mlp_extractor.policy_net", False), sizes("mlp_extractor.value_net", False)
+        return None if not (pi or vf) else (pi if pi == vf else {"pi": pi, "vf": vf})
+    if algo == "dqn":
+        return sizes("q_net.q_net", True) or None
+    if algo in ("sac", "td3"):
+        pi, qf = (
+            sizes("actor.latent_pi" if algo == "sac" else "actor.mu", algo == "td3"),
+            sizes("critic.qf0", True),
+        )
+        return None if not (pi or qf) else (pi if pi == qf else {"pi": pi, "qf": qf})
+    return None
+
+
+def map_weights(
+    source_state: dict[str, torch.Tensor], target: nn.Module, reinit: list[str] | None = None
+) -> LayerMapping:
+    """Copy, in place, every target layer whose tensors all exist in the source with the same shapes.
+
+    Layers named in `reinit` (or inside them) keep their fresh initialisation even when they fit.
+    """
+    reinit = reinit or []
+    mapping = LayerMapping()
+    target_state = target.state_dict()
+    with torch.no_grad():
+        for layer, keys in _group(list(target_state)).items():
+            target_shapes = [tuple(target_state[k].shape) for k in keys]
+            source_shapes = [tuple(source_state[k].shape) for k in keys if k in source_state]
+            if _covered(layer, reinit):
+                reason = "asked"
+            elif len(source_shapes) < len(keys):
+                reason = "not in source"
+            elif source_shapes != target_shapes:
+                reason = "shape differs"
+            else:
+                for key in keys:
+                    target_state[key].copy_(source_state[key].to(target_state[key].dtype))
+                mapping.copied[layer] = target_shapes
+                continue
+            mapping.reinitialised[layer] = {
+                "reason": reason,
+                "source": source_shapes,
+                "target": target_shapes,
+            }
+    target_layers = set(_group(list(target_state)))
+    for layer, keys in _group(list(source_state)).items():
+        if layer not in target_layers:
+            mapping.unused[layer] = [tuple(source_state[k].shape) for k in keys]
+    return mapping
+
+
+def _target_agent(config: TransferConfig, source: SourceAgent) -> AgentConfig:
+    if config.agent is not None:
+        return config.agent
+    if source.agent is not None:
+        return source.agent
+    algo = source.algo or "ppo"
+    return AgentConfig(algo=algo, policy=PolicyConfig(hidden=infer_hidden(source.state_dict, algo)))
+
+
+def transfer(
+    config: TransferConfig | str | Path | dict[str, Any], *, progress_bar: bool = True, verbose: bool = True
+) -> TransferResult:
+    """Transfer a source agent to the config's target env, freeze the named layers and fine-tune the rest."""
+    from rltransfer.agents import build_agent
+    from rltransfer.environment import make_envs, resolve_device
+    from rltransfer.io import prepare_run_dir
+    from rltransfer.layers import select_layers
+    from rltransfer.sb3 import freeze_agent, layer_copies
+
+    config = coerce_config(config, TransferConfig)
+    assert isinstance(config, TransferConfig)
+    source = load_source(config.source)
+    agent = _target_agent(config, source)
+    train_env, eval_env = make_envs(config.env, config.seed)
+    model = build_agent(agent, train_env, seed=config.seed, device=resolve_device(config.device))
+    policy = model.policy
+    try:
+        reinit = layer_copies(policy, select_layers(policy, config.reinit)) if config.reinit else []
+    except ConfigError:
+        raise
+    except KeyError as error:
+        raise ConfigError(f"`reinit`: {error}") from None
+    mapping = map_weights(source.state_dict, policy, reinit)
+    if not mapping.copied:
+        raise TransferError(
+            f"No layer of the source {source.path} fits the target agent ({agent.algo} on {config.env.id}): "
+            f"source layers {short_list(_describe(source.state_dict), 12)}; target layers "
+            f"{short_list(_describe(policy.state_dict()), 12)}. Use the source's algorithm and hidden sizes in "
+            "`agent` (or leave `agent` out to take them from the source)."
+        )
+    try:
+        mapping.frozen = freeze_agent(model, config.freeze)
+    except KeyError as error:
+        raise ConfigError(f"`freeze`: {error}") from None
+    snapshot = {
+        k: v.detach().clone()
+        for k, v in policy.state_dict().items()
+        if _covered(k.rpartition(".")[0], mapping.frozen)
+    }
+    table = mapping.format()
+    if verbose:
+        print(f"Transfer from {source.path} to {config.env.id}:\n{table}", flush=True)
+    run_dir = prepare_run_dir(config.log_root, config.name)
+    metadata = {"algo": agent.algo, "source": str(source.path), "mapping": mapping.as_dict()}
+    result = run_training(
+        model,
+        config,
+        run_dir,
+        eval_env,
+        kind="transfer",
+        progress_bar=progress_bar,
+        metadata=metadata,
+        texts={"transfer/layers": table},
+    )
+    current = policy.state_dict()
+    unchanged = all(torch.equal(value, current[key]) for key, value in snapshot.items()) if snapshot else None
+    _record(run_dir, frozen_unchanged=unchanged)
+    return TransferResult(**vars(result), mapping=mapping, frozen_unchanged=unchanged)
+
+
+def _describe(state: dict[str, torch.Tensor]) -> list[str]:
+    return [f"{k}{list(v.shape)}" for k, v in state.items() if k.endswith("weight")]
+
+
+def _record(run_dir: Path, **values: Any) -> None:
+    from rltransfer.io import write_json
+
+    path = run_dir / "run.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record.update(values)
+    write_json(path, record)

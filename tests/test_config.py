@@ -1,0 +1,103 @@
+"""Configs: shipped ones validate; every bad input is one clear error that names the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rltransfer.config import TrainConfig, TransferConfig, load_config, parse_config
+from rltransfer.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path: Path) -> None:
+    model = TransferConfig if "source" in yaml.safe_load(path.read_text()) else TrainConfig
+    config = load_config(path, model)
+    assert config.budget > 0
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"budgte": 10}, "`budgte` is not a known setting (did you mean `budget`?)"),
+        (
+            {"agent": {"optimizer": {"nme": "adam"}}},
+            "`agent.optimizer.nme` is not a known setting (did you mean `name`?)",
+        ),
+        ({"budget": "lots"}, "`budget` is invalid"),
+        ({"budget": 0}, "`budget` is invalid"),
+        ({"eval": {"every": -5}}, "`eval.every` is invalid"),
+        ({"agent": {"algo": "ppo2"}}, "`agent.algo` is invalid"),
+        ({"agent": {"policy": {"dropout": 1.5}}}, "`agent.policy.dropout` is invalid"),
+        ({"agent": {"policy": {"hidden": [64, -1]}}}, "`agent.policy.hidden` is invalid"),
+        (
+            {"agent": {"hyperparams": {"n_stpes": 8}}},
+            "`agent.hyperparams.n_stpes` is not a setting of PPO (did you mean `n_steps`?)",
+        ),
+        ({"agent": {"hyperparams": {"learning_rate": 0.1}}}, "set it with `agent.optimizer.lr`"),
+        ({"device": "gpu"}, "`device` is invalid"),
+    ],
+)
+def test_bad_values_name_the_key(tiny_train, change, expected) -> None:
+    for key, value in change.items():
+        if isinstance(value, dict) and isinstance(tiny_train.get(key), dict):
+            for sub, subvalue in value.items():
+                if isinstance(subvalue, dict) and isinstance(tiny_train[key].get(sub), dict):
+                    tiny_train[key][sub].update(subvalue)
+                else:
+                    tiny_train[key][sub] = subvalue
+        else:
+            tiny_train[key] = value
+    with pytest.raises(ConfigError) as error:
+        parse_config(tiny_train, TrainConfig, "my.yaml")
+    assert expected in str(error.value)
+    assert str(error.value).startswith("my.yaml: ")
+
+
+def test_missing_key_and_bad_yaml(tmp_path) -> None:
+    (tmp_path / "a.yaml").write_text("name: x\nenv: {id: CartPole-v1}\n")
+    with pytest.raises(ConfigError, match="`budget` is required but missing"):
+        load_config(tmp_path / "a.yaml", TrainConfig)
+    (tmp_path / "b.yaml").write_text("budget: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "b.yaml", TrainConfig)
+    (tmp_path / "c.yaml").write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must hold a YAML mapping"):
+        load_config(tmp_path / "c.yaml", TrainConfig)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml", TrainConfig)
+
+
+def test_overrides_use_dotted_keys(tmp_path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("budget: 10\nenv: {id: CartPole-v1}\n")
+    config = load_config(path, TrainConfig, {"agent.optimizer.lr": 0.5, "seed": 3})
+    assert config.name == "train" and config.agent.optimizer.lr == 0.5 and config.seed == 3
+
+
+def test_env_id_and_context_errors(tiny_train) -> None:
+    from rltransfer.training import train
+
+    tiny_train["env"]["id"] = "rltransfer/CartPoleLongPol-v1"
+    with pytest.raises(ConfigError, match="did you mean `rltransfer/CartPoleLongPole-v1`"):
+        train(tiny_train, progress_bar=False)
+    tiny_train["env"] = {"id": "rltransfer/CartPole-v1", "context": {"pole_length": 50.0}}
+    with pytest.raises(
+        ConfigError, match=r"`env.context.pole_length` = 50.0 is outside .* range \[0.05, 5.0\]"
+    ):
+        train(tiny_train, progress_bar=False)
+    tiny_train["env"] = {"id": "rltransfer/CartPole-v1", "context": {"polelength": 1.0}}
+    with pytest.raises(ConfigError, match="did you mean `pole_length`"):
+        train(tiny_train, progress_bar=False)
+    tiny_train["env"] = {"id": "no_such_module:Foo-v0"}
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        train(tiny_train, progress_bar=False)
+    tiny_train["env"] = {"id": "Pendulum-v1"}
+    tiny_train["agent"]["algo"] = "dqn"
+    tiny_train["agent"]["hyperparams"] = {}
+    with pytest.raises(ConfigError, match="dqn needs Discrete actions"):
+        train(tiny_train, progress_bar=False)

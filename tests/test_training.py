@@ -1,0 +1,159 @@
+"""Training: evaluation curve, early stopping, the best model kept, TensorBoard contents and server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from io import BytesIO
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+import rltransfer
+import rltransfer.callbacks
+
+
+def test_run_directory_and_evaluation_curve(tiny_train) -> None:
+    result = rltransfer.train(tiny_train, progress_bar=False)
+    files = {p.name for p in result.run_dir.iterdir()}
+    assert {
+        "config.yaml",
+        "run.json",
+        "best_model.zip",
+        "last_model.zip",
+        "evaluations.json",
+        "progress.csv",
+    } <= files
+    assert any(name.startswith("events.out.tfevents") for name in files)
+    assert not any(
+        name.endswith(".tmp") or ".tmp." in name for name in files
+    )  # no temporary file left behind
+    assert [point["step"] for point in result.curve] == [0, 256, 512]
+    record = json.loads((result.run_dir / "run.json").read_text())
+    assert record["status"] == "finished" and record["timesteps"] == 512 and record["versions"]["torch"]
+    assert result.load_best(device="cpu").policy is not None
+
+
+def test_early_stopping_keeps_the_best_model(tiny_train, monkeypatch) -> None:
+    saved: dict[int, dict[str, torch.Tensor]] = {}
+    real_save = rltransfer.callbacks.save_model
+
+    def spy(model, path):
+        saved[model.num_timesteps] = {k: v.clone() for k, v in model.policy.state_dict().items()}
+        return real_save(model, path)
+
+    monkeypatch.setattr(rltransfer.callbacks, "save_model", spy)
+    tiny_train.update(budget=20_000)
+    tiny_train["eval"].update(every=256, patience=2, min_evals=1)
+    result = rltransfer.train(tiny_train, progress_bar=False)
+    assert result.timesteps < 20_000 and result.stop_reason == "no improvement in 2 evaluations"
+    returns = [point["mean_return"] for point in result.curve[1:]]  # step 0 (untrained) is never kept
+    best = max(returns)
+    assert result.best_mean_return == best
+    latest_best_step = max(p["step"] for p in result.curve[1:] if p["mean_return"] == best)
+    assert result.best_step == latest_best_step
+    with zipfile.ZipFile(result.best_model) as archive:
+        kept = torch.load(BytesIO(archive.read("policy.pth")), weights_only=True)
+    for key, value in saved[latest_best_step].items():
+        assert torch.equal(kept[key], value), key
+
+
+def test_threshold_stops_training_after_step_zero(tiny_train) -> None:
+    tiny_train.update(budget=5_000)
+    tiny_train["eval"].update(threshold=1.0)
+    result = rltransfer.train(tiny_train, progress_bar=False)
+    assert result.stop_reason == "threshold reached at step 256"
+    assert result.timesteps == 256
+
+
+def tensorboard_tags(run_dir) -> dict[str, list[str]]:
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    accumulator.Reload()
+    return accumulator.Tags()
+
+
+def test_tensorboard_events_hold_the_expected_tags(tiny_train, tiny_transfer) -> None:
+    source = rltransfer.train(tiny_train, progress_bar=False)
+    tiny_transfer.update(source=str(source.run_dir), freeze=["mlp_extractor.policy_net.0"])
+    target = rltransfer.transfer(tiny_transfer, progress_bar=False, verbose=False)
+    for run in (source, target):
+        tags = tensorboard_tags(run.run_dir)
+        for tag in (
+            "eval/mean_reward",
+            "params/trainable",
+            "params/frozen",
+            "train/learning_rate",
+            "train/value_loss",
+        ):
+            assert tag in tags["scalars"], tag
+        assert "config/text_summary" in tags["tensors"]
+        assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= plugin_tags(run.run_dir, "hparams")
+    assert "transfer/layers/text_summary" in tensorboard_tags(target.run_dir)["tensors"]
+    frozen = EventAccumulator(str(target.run_dir)).Reload().Scalars("params/frozen")
+    assert frozen[0].value == 16 * 4 + 16  # the frozen first layer: 4 inputs x 16 units + bias
+
+
+def plugin_tags(run_dir, plugin: str) -> set[str]:
+    """Tags of the summaries a TensorBoard plugin reads (hparams summaries carry metadata only)."""
+    tags = set()
+    for path in run_dir.glob("events.out.tfevents*"):
+        for event in EventFileLoader(str(path)).Load():
+            tags.update(v.tag for v in event.summary.value if v.metadata.plugin_data.plugin_name == plugin)
+    return tags
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_tensorboard_server_lists_both_runs(tiny_train, tiny_transfer) -> None:
+    source = rltransfer.train(tiny_train, progress_bar=False)
+    tiny_transfer.update(source=str(source.run_dir))
+    rltransfer.transfer(tiny_transfer, progress_bar=False, verbose=False)
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            tiny_train["log_root"],
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--reload_interval",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        tags: dict = {}
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5
+                ) as reply:
+                    tags = json.load(reply)
+            except OSError:
+                pass
+            if all("eval/mean_reward" in tags.get(run, {}) for run in ("tiny-source", "tiny-transfer")):
+                break
+            time.sleep(1)
+        assert "eval/mean_reward" in tags.get("tiny-source", {}), tags
+        assert "params/frozen" in tags.get("tiny-transfer", {}), tags
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,0 +1,140 @@
+"""Transfer: layers copied by name and shape, mismatched ones re-initialised, freezes reaching every copy."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from stable_baselines3 import DQN, PPO, SAC
+from stable_baselines3.common.env_util import make_vec_env
+
+import rltransfer
+from rltransfer.agents import build_agent
+from rltransfer.config import AgentConfig
+from rltransfer.sb3 import freeze_agent, layer_copies
+from rltransfer.transfers import load_source, map_weights
+
+
+def plain_sb3_source(tmp_path, env_id: str = "CartPole-v1") -> tuple[str, dict[str, torch.Tensor]]:
+    model = PPO("MlpPolicy", env_id, seed=3, device="cpu", policy_kwargs={"net_arch": [16, 16]})
+    path = tmp_path / "plain_sb3_agent.zip"
+    model.save(path)
+    return str(path), {k: v.clone() for k, v in model.policy.state_dict().items()}
+
+
+def test_plain_sb3_zip_is_a_source_and_frozen_layers_stay_bit_identical(tmp_path, tiny_transfer) -> None:
+    path, source_state = plain_sb3_source(tmp_path)
+    tiny_transfer.update(source=path, freeze=["mlp_extractor.policy_net.0", "mlp_extractor.value_net.*"])
+    result = rltransfer.transfer(tiny_transfer, progress_bar=False, verbose=False)
+    assert set(result.mapping.copied) == {
+        "mlp_extractor.policy_net.0",
+        "mlp_extractor.policy_net.2",
+        "mlp_extractor.value_net.0",
+        "mlp_extractor.value_net.2",
+        "action_net",
+        "value_net",
+    }
+    assert result.mapping.reinitialised == {}
+    assert result.frozen_unchanged is True
+    final = PPO.load(
+        result.last_model, device="cpu"
+    ).policy.state_dict()  # saved while frozen, loads with plain SB3
+    for key in (
+        "mlp_extractor.policy_net.0.weight",
+        "mlp_extractor.value_net.0.bias",
+        "mlp_extractor.value_net.2.weight",
+    ):
+        assert torch.equal(final[key], source_state[key]), key
+    assert not torch.equal(final["action_net.weight"], source_state["action_net.weight"])  # fine-tuned
+    record = json.loads((result.run_dir / "run.json").read_text())
+    assert record["frozen_unchanged"] is True and record["status"] == "finished"
+    assert record["mapping"]["frozen"] == ["mlp_extractor.policy_net.0", "mlp_extractor.value_net"]
+
+
+def test_mismatched_spaces_reinitialise_only_mismatched_layers(tmp_path) -> None:
+    path, source_state = plain_sb3_source(tmp_path)  # CartPole: 4 observations, 2 actions
+    source = load_source(path)
+    assert source.algo == "ppo"
+    env = make_vec_env("Acrobot-v1", n_envs=1, seed=0)  # 6 observations, 3 actions
+    agent = AgentConfig(algo="ppo", policy={"hidden": [16, 16]})
+    target = build_agent(agent, env, seed=5, device="cpu")
+    fresh = {
+        k: v.clone() for k, v in build_agent(agent, env, seed=5, device="cpu").policy.state_dict().items()
+    }
+    mapping = map_weights(source.state_dict, target.policy)
+    assert set(mapping.reinitialised) == {
+        "mlp_extractor.policy_net.0",
+        "mlp_extractor.value_net.0",
+        "action_net",
+    }
+    assert set(mapping.copied) == {"mlp_extractor.policy_net.2", "mlp_extractor.value_net.2", "value_net"}
+    state = target.policy.state_dict()
+    for layer in mapping.copied:
+        assert torch.equal(state[f"{layer}.weight"], source_state[f"{layer}.weight"])
+    for layer in mapping.reinitialised:  # the target's own fresh initialisation, not the source's weights
+        assert torch.equal(state[f"{layer}.weight"], fresh[f"{layer}.weight"])
+    assert mapping.reinitialised["action_net"]["source"] == [(2, 16), (2,)]
+    assert "re-initialised (shape differs)" in mapping.format()
+
+
+def test_reinit_forces_a_fresh_head(tmp_path, tiny_transfer) -> None:
+    path, source_state = plain_sb3_source(tmp_path)
+    tiny_transfer.update(source=path, reinit=["action_net"], budget=64)
+    result = rltransfer.transfer(tiny_transfer, progress_bar=False, verbose=False)
+    assert result.mapping.reinitialised["action_net"]["reason"] == "asked"
+
+
+def test_freeze_reaches_target_networks_and_optimizer_holds_no_frozen_weight() -> None:
+    dqn = DQN("MlpPolicy", "CartPole-v1", seed=0, device="cpu", buffer_size=100)
+    frozen = freeze_agent(dqn, ["q_net.q_net.0"])
+    assert frozen == ["q_net.q_net.0", "q_net_target.q_net.0"]
+    assert not dqn.policy.q_net_target.q_net[0].weight.requires_grad
+    in_optimizer = {id(p) for group in dqn.policy.optimizer.param_groups for p in group["params"]}
+    assert id(dqn.policy.q_net.q_net[0].weight) not in in_optimizer
+    assert id(dqn.policy.q_net.q_net[2].weight) in in_optimizer
+
+    sac = SAC("MlpPolicy", "Pendulum-v1", seed=0, device="cpu", buffer_size=100)
+    frozen = freeze_agent(sac, ["critic.qf0.0", "actor.latent_pi.0"])
+    assert set(frozen) == {"critic.qf0.0", "critic_target.qf0.0", "actor.latent_pi.0"}
+    assert not sac.policy.critic_target.qf0[0].weight.requires_grad
+    critic_params = {id(p) for g in sac.policy.critic.optimizer.param_groups for p in g["params"]}
+    actor_params = {id(p) for g in sac.policy.actor.optimizer.param_groups for p in g["params"]}
+    assert id(sac.policy.critic.qf0[0].weight) not in critic_params
+    assert id(sac.policy.actor.latent_pi[0].weight) not in actor_params
+    assert id(sac.policy.critic.qf0[2].weight) in critic_params
+
+
+def test_separate_extractors_are_frozen_together() -> None:
+    from stable_baselines3.common.torch_layers import FlattenExtractor
+
+    ppo = PPO("MlpPolicy", "CartPole-v1", device="cpu", policy_kwargs={"share_features_extractor": False})
+    assert isinstance(ppo.policy.vf_features_extractor, FlattenExtractor)
+    assert layer_copies(ppo.policy, ["pi_features_extractor"]) == [
+        "pi_features_extractor",
+        "vf_features_extractor",
+    ]
+
+
+def test_frozen_parts_stay_in_eval_mode_through_sb3_training_mode() -> None:
+    ppo = PPO("MlpPolicy", "CartPole-v1", device="cpu", seed=0)
+    freeze_agent(ppo, ["mlp_extractor.policy_net"])
+    ppo.policy.set_training_mode(True)
+    assert ppo.policy.mlp_extractor.policy_net.training is False
+    assert ppo.policy.mlp_extractor.value_net.training is True
+
+
+def test_sources_that_cannot_be_used(tmp_path, tiny_transfer) -> None:
+    from rltransfer.errors import TransferError
+
+    with pytest.raises(TransferError, match="does not exist"):
+        load_source(tmp_path / "missing.zip")
+    (tmp_path / "junk.zip").write_bytes(b"not a zip at all")
+    with pytest.raises(TransferError, match="not a readable zip"):
+        load_source(tmp_path / "junk.zip")
+    dqn = DQN("MlpPolicy", "CartPole-v1", seed=0, device="cpu", buffer_size=100)
+    dqn.save(tmp_path / "dqn.zip")
+    tiny_transfer.update(source=str(tmp_path / "dqn.zip"), agent={"algo": "ppo"})
+    with pytest.raises(TransferError, match="No layer of the source"):
+        rltransfer.transfer(tiny_transfer, progress_bar=False, verbose=False)
+    assert not (tmp_path / "runs").exists()  # nothing half-written
