@@ -132,6 +132,27 @@ class EvaluateAndKeepBest(EvalCallback):
         return keep_going
 
 
+class UnfreezeAt(BaseCallback):
+    """Two-phase fine-tuning: once `step` environment steps have passed, unfreeze `names` before the next update."""
+
+    def __init__(self, names: list[str], step: int) -> None:
+        super().__init__()
+        self.names = names
+        self.step = step
+        self.unfrozen_at: int | None = None
+
+    def _on_rollout_end(self) -> None:
+        if self.unfrozen_at is None and self.num_timesteps >= self.step:
+            from rltransfer.sb3 import unfreeze_agent
+
+            unfreeze_agent(self.model, self.names)
+            self.unfrozen_at = self.num_timesteps
+            self.logger.record("params/unfrozen_at", self.num_timesteps)
+
+    def _on_step(self) -> bool:
+        return True
+
+
 class RunInfo(BaseCallback):
     """Write the run's config (text and hparams) and its trainable/frozen parameter counts to TensorBoard."""
 

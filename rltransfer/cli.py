@@ -5,40 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from rltransfer.config import resolve_config_path
 from rltransfer.errors import ConfigError, RLTransferError
-
-
-def _packaged_configs() -> list[str]:
-    root = resources.files("rltransfer.configs")
-    found = []
-    for family in root.iterdir():
-        if family.is_dir() and not family.name.startswith("_"):
-            found += [
-                f"{family.name}/{item.name[:-5]}" for item in family.iterdir() if item.name.endswith(".yaml")
-            ]
-    return sorted(found)
-
-
-def resolve_config_path(argument: str) -> Path:
-    """A config file path as given, else a config shipped with rltransfer (``cartpole/source``)."""
-    path = Path(argument)
-    if path.is_file():
-        return path
-    name = argument.removeprefix("configs/").removesuffix(".yaml")
-    packaged = resources.files("rltransfer.configs").joinpath(*f"{name}.yaml".split("/"))
-    if packaged.is_file():
-        with resources.as_file(packaged) as real:
-            return Path(real)
-    raise ConfigError(
-        f"Config {argument} does not exist (relative paths start at {Path.cwd()}). "
-        f"Give a YAML file, or one of the configs shipped with rltransfer: {', '.join(_packaged_configs())}."
-    )
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -53,7 +26,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             overrides[key] = yaml.safe_load(value)
         except yaml.YAMLError:
             overrides[key] = value
-    for flag in ("name", "seed", "budget", "device", "log_root", "source"):
+    for flag in ("name", "seed", "seeds", "budget", "device", "log_root", "source"):
         value = getattr(args, flag, None)
         if value is not None:
             overrides[flag] = value
@@ -83,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _run_args(transfer)
     transfer.add_argument("--source", help="source run directory or SB3 .zip (overrides the config)")
+    study = commands.add_parser("study", help="compare transfer strategies with learning from scratch")
+    study.add_argument("config", help="YAML study config, or a shipped one such as cartpole/study")
+    study.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)"
+    )
+    study.add_argument("--name", help="study name (the study directory is LOG_ROOT/NAME)")
+    study.add_argument("--budget", type=int, help="environment steps of every run")
+    study.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
+    study.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    study.add_argument("--log-root", dest="log_root", help="folder holding the study (default: runs)")
+    study.add_argument("--workers", type=int, help="parallel runs (default: the number of CPU cores)")
     layers = commands.add_parser("layers", help="list an agent's layers (name, type, shapes, trainable)")
     layers.add_argument("agent", help="an rltransfer run directory or an SB3 .zip")
     commands.add_parser("envs", help="list the families of similar games and their context parameters")
@@ -109,8 +93,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "layers":
         return _layers(args.agent)
-    from rltransfer.config import TrainConfig, TransferConfig, load_config
+    from rltransfer.config import StudyConfig, TrainConfig, TransferConfig, load_config
 
+    if args.command == "study":
+        from rltransfer.study import run_study
+
+        if args.workers is not None and args.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {args.workers}.")
+        study = load_config(resolve_config_path(args.config), StudyConfig, _overrides(args))
+        report = run_study(study, workers=args.workers)
+        return 1 if report.failed else 0
     model = TrainConfig if args.command == "train" else TransferConfig
     config = load_config(resolve_config_path(args.config), model, _overrides(args))
     if args.command == "train":

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import re
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -18,6 +20,9 @@ OptimizerName = Literal["adam", "adamw", "rmsprop", "adagrad", "sgd"]
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
 class EnvConfig(_Section):
@@ -133,14 +138,13 @@ class RunConfig(_Section):
     env: EnvConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, value: str) -> str:
-        import re
-
+    @staticmethod
+    def _check_device(value: str) -> str:
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
             raise ValueError("device must be auto, cpu, mps, cuda or cuda:N")
         return value
+
+    _known_device = field_validator("device")(_check_device)
 
 
 class TrainConfig(RunConfig):
@@ -158,6 +162,8 @@ class TransferConfig(RunConfig):
     """Layers to freeze: exact names, globs (``mlp_extractor.policy_net.*``) or ``up_to:NAME``."""
     reinit: list[str] = Field(default_factory=list)
     """Layers to re-initialise even though they fit (e.g. a fresh head)."""
+    unfreeze_at: int | None = Field(None, ge=1)
+    """Two-phase fine-tuning: from the first update after this many steps the frozen layers train too (null: never)."""
     agent: AgentConfig | None = None
     """The target agent; null: the source run's agent (for a plain SB3 zip: the defaults)."""
 
@@ -186,7 +192,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def parse_config(data: dict[str, Any], model: type[RunConfig], origin: str = "config") -> RunConfig:
+def parse_config(data: dict[str, Any], model: type[ConfigT], origin: str = "config") -> ConfigT:
     """Validate a mapping into `model`; the first problem becomes a :class:`ConfigError` naming its key."""
     if not isinstance(data, dict):
         raise ConfigError(
@@ -202,9 +208,7 @@ def parse_config(data: dict[str, Any], model: type[RunConfig], origin: str = "co
     return config
 
 
-def load_config(
-    path: str | Path, model: type[RunConfig], overrides: dict[str, Any] | None = None
-) -> RunConfig:
+def load_config(path: str | Path, model: type[ConfigT], overrides: dict[str, Any] | None = None) -> ConfigT:
     """Load a YAML file into `model`; ``name`` defaults to the file's stem; `overrides` use dotted keys."""
     data = load_yaml(path)
     data.setdefault("name", Path(path).stem)
@@ -256,7 +260,8 @@ def check_hyperparams(agent: AgentConfig, origin: str) -> None:
 
 
 def _explain(error: ValidationError, model: type[BaseModel], origin: str) -> str:
-    first = error.errors()[0]
+    # inside a union (e.g. a strategy name or mapping) the deepest error is the one that explains the mistake
+    first = max(error.errors(), key=lambda item: len(item["loc"]))
     location = _trim_union_tags(first["loc"])
     kind = first["type"]
     if kind == "extra_forbidden":
@@ -274,7 +279,16 @@ def _explain(error: ValidationError, model: type[BaseModel], origin: str) -> str
     return f"{origin}: `{location}` is invalid: {message} (got {shown}). Fix the value in the config."
 
 
-_UNION_TAGS = {"list[int]", "dict[str,list[int]]", "float", "str", "int", "bool", "AgentConfig"}
+_UNION_TAGS = {
+    "list[int]",
+    "dict[str,list[int]]",
+    "float",
+    "str",
+    "int",
+    "bool",
+    "AgentConfig",
+    "StudyStrategy",
+}
 
 
 def _trim_union_tags(loc: tuple[Any, ...]) -> str:
@@ -303,14 +317,124 @@ def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 
 def _model_in(annotation: Any) -> Any:
+    """The config section class inside an annotation such as ``list[str | StudyStrategy] | None``."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in getattr(annotation, "__args__", ()):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
+        found = _model_in(arg)
+        if isinstance(found, type) and issubclass(found, BaseModel):
+            return found
     return annotation
 
 
 def dump_config(config: BaseModel) -> str:
     """The resolved config as YAML (every default filled in)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+class StudySource(_Section):
+    """The study's source agent: a train config trained first (inside the study), or an existing agent."""
+
+    config: str | None = None
+    """A train config (YAML path or shipped name such as cartpole/source), trained once as the study's first run."""
+    path: str | None = None
+    """An rltransfer run directory or an SB3 .zip."""
+    seed: int = Field(0, ge=0)
+    """Seed of the source training (every target run pairs with this one source)."""
+
+
+class StudyTarget(_Section):
+    """One target game of a study."""
+
+    id: str
+    context: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Short name in reports and folders; default: the id without namespace and version."""
+
+
+class StudyStrategy(_Section):
+    """A user-named strategy: copy what fits, freeze and re-initialise the named layers, fine-tune the rest."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    freeze: list[str] = Field(default_factory=list)
+    reinit: list[str] = Field(default_factory=list)
+    unfreeze_at: int | None = Field(None, ge=1)
+    """Two-phase fine-tuning: the frozen layers train too after this many steps."""
+    agent: dict[str, Any] = Field(default_factory=dict)
+    """Overrides merged into the study's agent for this strategy only, e.g. ``{optimizer: {lr: 0.0001}}``."""
+
+
+class StudyEval(_Section):
+    """The evaluation schedule every run of a study shares (no early stopping: equal budgets)."""
+
+    every: int = Field(5000, ge=1)
+    episodes: int = Field(10, ge=1)
+    deterministic: bool = True
+
+
+class StudyConfig(_Section):
+    """``rltransfer study``: one source, targets x strategies x seeds, compared with learning from scratch."""
+
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    log_root: str = "runs"
+    device: str = "auto"
+    source: StudySource
+    targets: list[StudyTarget] = Field(..., min_length=1)
+    strategies: list[str | StudyStrategy] = Field(default_factory=lambda: ["scratch", "finetune"])
+    """Built in: scratch (always run, the baseline), finetune, freeze-trunk, head-only; or {name, freeze, reinit}."""
+    seeds: list[int] | int = 3
+    """Seeds (a list, or a count n meaning 0..n-1); run r of every strategy uses seed r."""
+    budget: int = Field(..., ge=1)
+    """Environment steps of every run."""
+    n_envs: int | None = Field(None, ge=1)
+    """Parallel envs per run; default: the source's."""
+    eval: StudyEval = Field(default_factory=StudyEval)
+    threshold: float | Literal["env"] = "env"
+    """Return for time-to-threshold; ``env`` uses each target's reward threshold."""
+    last_evals: int = Field(3, ge=1)
+    """Evaluations averaged for the asymptotic return."""
+    agent: AgentConfig | None = None
+    """Target agent for every strategy; default: the source's."""
+
+    _known_device = field_validator("device")(RunConfig._check_device)
+
+    @field_validator("seeds")
+    @classmethod
+    def _positive_seeds(cls, value: list[int] | int) -> list[int] | int:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("seeds must be a positive count or a list of seeds")
+        if isinstance(value, list) and (
+            not value or any(seed < 0 for seed in value) or len(set(value)) != len(value)
+        ):
+            raise ValueError("seeds must be a non-empty list of distinct non-negative integers")
+        return value
+
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+
+def _packaged_configs() -> list[str]:
+    root = resources.files("rltransfer.configs")
+    found = []
+    for family in root.iterdir():
+        if family.is_dir() and not family.name.startswith("_"):
+            found += [
+                f"{family.name}/{item.name[:-5]}" for item in family.iterdir() if item.name.endswith(".yaml")
+            ]
+    return sorted(found)
+
+
+def resolve_config_path(argument: str) -> Path:
+    """A config file path as given, else a config shipped with rltransfer (``cartpole/source``)."""
+    path = Path(argument)
+    if path.is_file():
+        return path
+    name = argument.removeprefix("configs/").removesuffix(".yaml")
+    packaged = resources.files("rltransfer.configs").joinpath(*f"{name}.yaml".split("/"))
+    if packaged.is_file():
+        with resources.as_file(packaged) as real:
+            return Path(real)
+    raise ConfigError(
+        f"Config {argument} does not exist (relative paths start at {Path.cwd()}). "
+        f"Give a YAML file, or one of the configs shipped with rltransfer: {', '.join(_packaged_configs())}."
+    )

@@ -208,6 +208,12 @@ def freeze_modules(model: nn.Module, names: Iterable[str]) -> None:
 def unfreeze(model: nn.Module, patterns: str | Iterable[str] | None = None) -> list[str]:
     """Make the selected modules (default: the whole model) trainable again; they follow the model's mode."""
     names = [""] if patterns is None else select_layers(model, patterns)
+    unfreeze_modules(model, names)
+    return layer_names(model) if patterns is None else names
+
+
+def unfreeze_modules(model: nn.Module, names: Iterable[str]) -> None:
+    """Unfreeze modules given by exact name ("" is the whole model), no pattern matching."""
     for name in names:
         module = model.get_submodule(name) if name else model
         _split_pinned_ancestors(model, name)
@@ -216,7 +222,6 @@ def unfreeze(model: nn.Module, patterns: str | Iterable[str] | None = None) -> l
         for sub in module.modules():
             _unpin_eval(sub)
         nn.Module.train(module, model.training)
-    return layer_names(model) if patterns is None else names
 
 
 def is_frozen(module: nn.Module) -> bool:

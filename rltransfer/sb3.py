@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from torch import nn
 
-from rltransfer.layers import freeze_modules, select_layers
+from rltransfer.layers import freeze_modules, layer_names, select_layers, unfreeze_modules
 from rltransfer.optim import build_optimizer, l1_strength, trainable_parameters
 
 # (prefix of a layer, prefix of another copy of it that must be frozen with it)
@@ -23,6 +24,14 @@ _COPIES: tuple[tuple[str, str], ...] = (
     ("features_extractor", "vf_features_extractor"),  # PPO/A2C with share_features_extractor=False
     ("pi_features_extractor", "vf_features_extractor"),
     ("vf_features_extractor", "pi_features_extractor"),
+)
+
+
+# target networks: updated from their online network by SB3 (copy or Polyak averaging), never by gradients
+TARGET_COPIES: tuple[tuple[str, str], ...] = (
+    ("q_net.", "q_net_target."),
+    ("critic.", "critic_target."),
+    ("actor.", "actor_target."),
 )
 
 
@@ -55,12 +64,13 @@ def _optimizer_slots(model: BaseAlgorithm) -> list[_OptimizerSlot]:
     return [_OptimizerSlot(policy, "optimizer", policy)]
 
 
-def rebuild_optimizers(model: BaseAlgorithm, l1: float | None = None) -> None:
+def rebuild_optimizers(model: BaseAlgorithm, l1: float | None = None, keep_state: bool = False) -> None:
     """Give every SB3 optimizer of the agent a fresh instance over its trainable parameters only.
 
     Keeps the class and keyword arguments SB3 built it with (``policy.optimizer_class/kwargs``), so defaults such
-    as Adam's ``eps=1e-5`` survive; no state (momentum, Adam moments) is carried over. ``l1`` defaults to the
-    strength already attached.
+    as Adam's ``eps=1e-5`` survive. No state (momentum, Adam moments) is carried over unless `keep_state` (used
+    when unfreezing mid-training: parameters that were training keep theirs). ``l1`` defaults to the strength
+    already attached.
     """
     policy = model.policy
     lr = model.lr_schedule(model._current_progress_remaining)
@@ -74,6 +84,10 @@ def rebuild_optimizers(model: BaseAlgorithm, l1: float | None = None) -> None:
             l1=strength,
             **policy.optimizer_kwargs,
         )
+        if keep_state:
+            for param, state in old.state.items():
+                if param.requires_grad:
+                    new.state[param] = state
         setattr(slot.owner, slot.attribute, new)
 
 
@@ -101,8 +115,25 @@ def freeze_agent(model: BaseAlgorithm, patterns: Iterable[str]) -> list[str]:
         return []
     names = layer_copies(model.policy, select_layers(model.policy, patterns))
     freeze_modules(model.policy, names)
+    _sync_target_copies(model.policy, names)
     rebuild_optimizers(model)
     return names
+
+
+def is_target_copy(name: str) -> bool:
+    """True for a layer inside a target network."""
+    return any(name.startswith(target) for _, target in TARGET_COPIES)
+
+
+def _sync_target_copies(policy: nn.Module, names: list[str]) -> None:
+    """Give each frozen layer's target-network copy the online layer's values, so that SB3's target updates
+    (a copy for DQN, Polyak averaging for SAC/TD3) keep it at the frozen value rather than drifting towards it."""
+    modules = dict(policy.named_modules(remove_duplicate=False))
+    with torch.no_grad():
+        for name in names:
+            for online, target in TARGET_COPIES:
+                if name.startswith(online) and target + name[len(online) :] in modules:
+                    modules[target + name[len(online) :]].load_state_dict(modules[name].state_dict())
 
 
 @contextlib.contextmanager
@@ -135,3 +166,51 @@ def loadable_optimizers(model: BaseAlgorithm) -> Iterator[None]:
 def policy_state_dict(model: BaseAlgorithm) -> dict[str, torch.Tensor]:
     """The agent's policy weights, detached copies on the CPU."""
     return {key: value.detach().cpu().clone() for key, value in model.policy.state_dict().items()}
+
+
+# the output layers of SB3's policies (a container resolves to the last Linear inside it)
+_OUTPUTS = re.compile(r"^(action_net|value_net|actor\.mu|actor\.log_std|q_net\.q_net|critic\.qf\d+)$")
+_EXTRACTORS = re.compile(
+    r"^((pi_|vf_)?features_extractor|actor\.features_extractor|critic\.features_extractor)(\.|$)"
+)
+
+
+def output_layers(policy: nn.Module) -> list[str]:
+    """The layers that produce an SB3 policy's outputs (action logits/means, values, Q-values), target copies excluded."""
+    outputs = []
+    for name, module in policy.named_modules():
+        if not _OUTPUTS.match(name):
+            continue
+        if isinstance(module, nn.Linear):
+            outputs.append(name)
+        else:
+            linears = [sub for sub, child in module.named_modules() if isinstance(child, nn.Linear)]
+            if linears:
+                outputs.append(f"{name}.{linears[-1]}")
+    return outputs
+
+
+def hidden_layers(policy: nn.Module) -> list[str]:
+    """Every layer that is neither an output layer nor inside a target network."""
+    outputs = set(output_layers(policy))
+    return [name for name in layer_names(policy) if name not in outputs and not is_target_copy(name)]
+
+
+def trunk_layers(policy: nn.Module) -> list[str]:
+    """The shared feature layers: the feature extractors when they have weights (CNNs), else the first hidden
+    layer of every network (the layers that read the observation)."""
+    hidden = hidden_layers(policy)
+    extractors = [name for name in hidden if _EXTRACTORS.match(name)]
+    if extractors:
+        return extractors
+    firsts: dict[str, str] = {}
+    for name in hidden:
+        firsts.setdefault(name.rpartition(".")[0], name)
+    return list(firsts.values())
+
+
+def unfreeze_agent(model: BaseAlgorithm, names: Iterable[str]) -> None:
+    """Unfreeze layers given by exact name (as :func:`freeze_agent` returned them) and extend the optimizers to
+    them, keeping the optimizer state of the layers that were already training."""
+    unfreeze_modules(model.policy, names)
+    rebuild_optimizers(model, keep_state=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -95,6 +96,7 @@ def run_training(
     progress_bar: bool = True,
     metadata: dict[str, Any] | None = None,
     texts: dict[str, str] | None = None,
+    callbacks: list[BaseCallback] | None = None,
 ) -> RunResult:
     """Learn for the config's budget with evaluation, early stopping and logging; write the run's files."""
     config_yaml = dump_config(config)
@@ -129,7 +131,11 @@ def run_training(
     info = RunInfo(config_yaml, flat_hparams(config.model_dump(mode="json")), texts)
     started = time.perf_counter()
     try:
-        model.learn(total_timesteps=config.budget, callback=[info, evaluation], progress_bar=progress_bar)
+        model.learn(
+            total_timesteps=config.budget,
+            callback=[info, *(callbacks or []), evaluation],
+            progress_bar=progress_bar,
+        )
     finally:
         model.get_env().close()  # type: ignore[union-attr]
         eval_env.close()

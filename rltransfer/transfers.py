@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from rltransfer.config import AgentConfig, PolicyConfig, TrainConfig, TransferConfig, load_yaml, parse_config
-from rltransfer.errors import ConfigError, TransferError, short_list
+from rltransfer.errors import ConfigError, LayerSelectionError, TransferError, short_list
 from rltransfer.training import RunResult, coerce_config, run_training
 
 
@@ -254,7 +254,7 @@ def transfer(
     from rltransfer.environment import make_envs, resolve_device
     from rltransfer.io import prepare_run_dir
     from rltransfer.layers import select_layers
-    from rltransfer.sb3 import freeze_agent, layer_copies
+    from rltransfer.sb3 import freeze_agent, is_target_copy, layer_copies
 
     config = coerce_config(config, TransferConfig)
     assert isinstance(config, TransferConfig)
@@ -265,9 +265,7 @@ def transfer(
     policy = model.policy
     try:
         reinit = layer_copies(policy, select_layers(policy, config.reinit)) if config.reinit else []
-    except ConfigError:
-        raise
-    except KeyError as error:
+    except LayerSelectionError as error:
         raise ConfigError(f"`reinit`: {error}") from None
     mapping = map_weights(source.state_dict, policy, reinit)
     if not mapping.copied:
@@ -279,23 +277,31 @@ def transfer(
         )
     try:
         mapping.frozen = freeze_agent(model, config.freeze)
-    except KeyError as error:
+    except LayerSelectionError as error:
         raise ConfigError(f"`freeze`: {error}") from None
+    # target-network copies follow SB3's target updates (exact for DQN's copies, rounding-level for Polyak)
     snapshot = {
         k: v.detach().clone()
         for k, v in policy.state_dict().items()
-        if _covered(k.rpartition(".")[0], mapping.frozen)
+        if _covered(k.rpartition(".")[0], mapping.frozen) and not is_target_copy(k)
     }
     table = mapping.format()
     if verbose:
         print(f"Transfer from {source.path} to {config.env.id}:\n{table}", flush=True)
     run_dir = prepare_run_dir(config.log_root, config.name)
     metadata = {"algo": agent.algo, "source": str(source.path), "mapping": mapping.as_dict()}
+    callbacks = []
+    if config.unfreeze_at is not None and mapping.frozen:
+        from rltransfer.callbacks import UnfreezeAt
+
+        callbacks.append(UnfreezeAt(mapping.frozen, config.unfreeze_at))
+        snapshot = {}  # the frozen layers train in the second phase
     result = run_training(
         model,
         config,
         run_dir,
         eval_env,
+        callbacks=callbacks,
         kind="transfer",
         progress_bar=progress_bar,
         metadata=metadata,
@@ -303,7 +309,8 @@ def transfer(
     )
     current = policy.state_dict()
     unchanged = all(torch.equal(value, current[key]) for key, value in snapshot.items()) if snapshot else None
-    _record(run_dir, frozen_unchanged=unchanged)
+    unfrozen_at = callbacks[0].unfrozen_at if callbacks else None
+    _record(run_dir, frozen_unchanged=unchanged, unfrozen_at=unfrozen_at)
     return TransferResult(**vars(result), mapping=mapping, frozen_unchanged=unchanged)
 
 

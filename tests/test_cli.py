@@ -84,6 +84,11 @@ def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
 
     PPO("MlpPolicy", "CartPole-v1", device="cpu").save(source)
     transfer = {**base, "source": str(source)}
+    study = {
+        "budget": 64,
+        "source": {"path": str(source)},
+        "targets": [{"id": "rltransfer/CartPoleLongPole-v1"}],
+    }
     return [
         (
             ["train", write(tmp_path, "a.yaml", {**base, "budgit": 5})],
@@ -114,6 +119,11 @@ def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
             ["train", write(tmp_path, "g.yaml", {**base, "name": "x"}), "--set", "agent.optimizer.lr=fast"],
             "`agent.optimizer.lr` is invalid",
         ),
+        (
+            ["study", write(tmp_path, "h.yaml", {**study, "strategies": ["finetun"]})],
+            "unknown strategy `finetun` (did you mean `finetune`?)",
+        ),
+        (["study", write(tmp_path, "i.yaml", study), "--seeds", "0"], "`seeds` is invalid"),
     ]
 
 

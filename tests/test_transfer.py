@@ -8,6 +8,7 @@ import pytest
 import torch
 from stable_baselines3 import DQN, PPO, SAC
 from stable_baselines3.common.env_util import make_vec_env
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import rltransfer
 from rltransfer.agents import build_agent
@@ -138,3 +139,46 @@ def test_sources_that_cannot_be_used(tmp_path, tiny_transfer) -> None:
     with pytest.raises(TransferError, match="No layer of the source"):
         rltransfer.transfer(tiny_transfer, progress_bar=False, verbose=False)
     assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_dqn_transfer_keeps_frozen_layer_and_its_target_copy_identical(tmp_path, tiny_transfer) -> None:
+    source = DQN(
+        "MlpPolicy", "CartPole-v1", seed=0, device="cpu", buffer_size=100, policy_kwargs={"net_arch": [16]}
+    )
+    source.q_net_target.q_net[0].weight.data.add_(1.0)  # a lagging target copy, as in any trained DQN
+    source.save(tmp_path / "dqn.zip")
+    frozen_weight = source.q_net.q_net[0].weight.detach().clone()
+    tiny_transfer.update(
+        source=str(tmp_path / "dqn.zip"),
+        freeze=["q_net.q_net.0"],
+        agent={
+            "algo": "dqn",
+            "policy": {"hidden": [16]},
+            "hyperparams": {
+                "learning_starts": 0,
+                "buffer_size": 1000,
+                "target_update_interval": 50,
+                "train_freq": 4,
+            },
+        },
+    )
+    result = rltransfer.transfer(tiny_transfer, progress_bar=False, verbose=False)
+    assert result.mapping.frozen == ["q_net.q_net.0", "q_net_target.q_net.0"]
+    assert result.frozen_unchanged is True
+    final = DQN.load(result.last_model, device="cpu")
+    assert torch.equal(final.q_net.q_net[0].weight, frozen_weight)
+    assert torch.equal(final.q_net_target.q_net[0].weight, frozen_weight)
+    assert not torch.equal(final.q_net.q_net[2].weight, source.q_net.q_net[2].weight)
+
+
+def test_two_phase_finetuning_unfreezes_after_the_given_step(tmp_path, tiny_transfer) -> None:
+    path, source_state = plain_sb3_source(tmp_path)
+    agent = {"algo": "ppo", "hyperparams": {"n_steps": 32, "batch_size": 64, "n_epochs": 2}, "policy": {"hidden": [16, 16]}}
+    tiny_transfer.update(source=path, freeze=["mlp_extractor.policy_net.*"], unfreeze_at=256, agent=agent)
+    result = rltransfer.transfer(tiny_transfer, progress_bar=False, verbose=False)
+    record = json.loads((result.run_dir / "run.json").read_text())
+    assert record["unfrozen_at"] == 256 and result.frozen_unchanged is None
+    final = PPO.load(result.last_model, device="cpu").policy.state_dict()
+    assert not torch.equal(final["mlp_extractor.policy_net.0.weight"], source_state["mlp_extractor.policy_net.0.weight"])
+    frozen = EventAccumulator(str(result.run_dir)).Reload().Scalars("params/frozen")
+    assert frozen[0].value > 0 and frozen[-1].value == 0

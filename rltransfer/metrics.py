@@ -1,0 +1,217 @@
+"""The standard transfer metrics (Taylor & Stone 2009; Zhu et al. 2023), computed from evaluation curves.
+
+Every metric is computed per seed, pairing a strategy's run with the scratch run of the same seed, then summarised
+across seeds as a median with a bootstrap 95% confidence interval. A run that never reaches the threshold is
+censored at the budget: its time to threshold is the budget, flagged, never dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+Curve = Sequence[tuple[float, float]]  # (environment step, mean evaluation return), step 0 first
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """When a curve first reaches a return, and when it reaches it for good; `censored` when it never does."""
+
+    first: float
+    stable: float
+    censored: bool
+    stable_censored: bool
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Median across seeds with a bootstrap 95% confidence interval."""
+
+    median: float
+    low: float
+    high: float
+    n: int
+
+    def excludes(self, value: float) -> bool:
+        return self.low > value or self.high < value
+
+    def format(self, digits: int = 2) -> str:
+        def show(x: float) -> str:
+            return "inf" if math.isinf(x) else f"{x:,.{digits}f}"
+
+        return f"{show(self.median)} [{show(self.low)}, {show(self.high)}]"
+
+
+def _steps_returns(curve: Curve) -> tuple[np.ndarray, np.ndarray]:
+    if len(curve) == 0:
+        raise ValueError("an evaluation curve needs at least one point")
+    data = np.asarray(curve, dtype=float)
+    order = np.argsort(data[:, 0], kind="stable")
+    return data[order, 0], data[order, 1]
+
+
+def initial_return(curve: Curve) -> float:
+    """The evaluation return at the first point (step 0: before any training)."""
+    return float(_steps_returns(curve)[1][0])
+
+
+def asymptotic_return(curve: Curve, last: int = 3) -> float:
+    """Mean of the last `last` evaluations."""
+    returns = _steps_returns(curve)[1]
+    return float(np.mean(returns[-last:]))
+
+
+def area_under_curve(curve: Curve) -> float:
+    """Total reward: the trapezoid area under the evaluation curve, in return x steps."""
+    steps, returns = _steps_returns(curve)
+    if len(steps) == 1:
+        return 0.0
+    return float(np.sum((returns[1:] + returns[:-1]) / 2.0 * np.diff(steps)))
+
+
+def time_to_threshold(curve: Curve, threshold: float, budget: float) -> Threshold:
+    """First step with return >= threshold, and the first step after which every evaluation stays there."""
+    steps, returns = _steps_returns(curve)
+    above = returns >= threshold
+    first = float(steps[np.argmax(above)]) if above.any() else float(budget)
+    # stable: the start of the final run of evaluations at or above the threshold
+    if above[-1]:
+        below = np.flatnonzero(~above)
+        stable = float(steps[below[-1] + 1]) if below.size else float(steps[0])
+    else:
+        stable = float(budget)
+    return Threshold(first=first, stable=stable, censored=not above.any(), stable_censored=not above[-1])
+
+
+def speedup(scratch_steps: float, transfer_steps: float) -> float:
+    """scratch_steps / transfer_steps; infinite when the transfer run needed no training at all."""
+    if transfer_steps <= 0:
+        return math.inf
+    return scratch_steps / transfer_steps
+
+
+def transfer_ratio(auc_transfer: float, auc_scratch: float) -> float:
+    """(AUC_transfer - AUC_scratch) / |AUC_scratch| (NaN when scratch's area is 0)."""
+    if auc_scratch == 0:
+        return math.nan
+    return (auc_transfer - auc_scratch) / abs(auc_scratch)
+
+
+def bootstrap_median(values: Sequence[float], *, resamples: int = 5000, seed: int = 0) -> Summary:
+    """Median of `values` with a percentile-bootstrap 95% interval (seeded, so reports are reproducible)."""
+    data = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    if data.size == 0:
+        return Summary(math.nan, math.nan, math.nan, 0)
+    rng = np.random.default_rng(seed)
+    samples = rng.choice(data, size=(resamples, data.size), replace=True)
+    medians = np.median(samples, axis=1)
+    low, high = np.percentile(medians, [2.5, 97.5], method="nearest")
+    return Summary(float(np.median(data)), float(low), float(high), int(data.size))
+
+
+@dataclass(frozen=True)
+class SeedMetrics:
+    """One seed's metrics for a strategy against scratch on the same seed."""
+
+    seed: int
+    jumpstart: float
+    asymptotic: float
+    asymptotic_gain: float
+    auc: float
+    transfer_ratio: float
+    time_to_threshold: float
+    censored: bool
+    stable_time_to_threshold: float
+    stable_censored: bool
+    speedup: float
+    stable_speedup: float
+
+
+def seed_metrics(
+    seed: int, transfer: Curve, scratch: Curve, *, threshold: float, budget: float, last: int = 3
+) -> SeedMetrics:
+    """All metrics of one transfer curve against the scratch curve of the same seed."""
+    reach_t = time_to_threshold(transfer, threshold, budget)
+    reach_s = time_to_threshold(scratch, threshold, budget)
+    auc_t, auc_s = area_under_curve(transfer), area_under_curve(scratch)
+    asym_t = asymptotic_return(transfer, last)
+    return SeedMetrics(
+        seed=seed,
+        jumpstart=initial_return(transfer) - initial_return(scratch),
+        asymptotic=asym_t,
+        asymptotic_gain=asym_t - asymptotic_return(scratch, last),
+        auc=auc_t,
+        transfer_ratio=transfer_ratio(auc_t, auc_s),
+        time_to_threshold=reach_t.first,
+        censored=reach_t.censored,
+        stable_time_to_threshold=reach_t.stable,
+        stable_censored=reach_t.stable_censored,
+        speedup=speedup(reach_s.first, reach_t.first),
+        stable_speedup=speedup(reach_s.stable, reach_t.stable),
+    )
+
+
+SUMMARISED = (
+    "jumpstart",
+    "asymptotic",
+    "asymptotic_gain",
+    "auc",
+    "transfer_ratio",
+    "time_to_threshold",
+    "stable_time_to_threshold",
+    "speedup",
+    "stable_speedup",
+)
+
+
+@dataclass(frozen=True)
+class StrategyMetrics:
+    """A strategy's metrics on one target: per seed, summarised, and the negative-transfer verdict."""
+
+    per_seed: list[SeedMetrics]
+    summary: dict[str, Summary]
+    censored: int
+    negative_transfer: bool
+    negative_reasons: list[str]
+
+    def as_dict(self) -> dict:
+        return {
+            "per_seed": [_finite(asdict(m)) for m in self.per_seed],
+            "summary": {k: _finite(asdict(v)) for k, v in self.summary.items()},
+            "censored": self.censored,
+            "negative_transfer": self.negative_transfer,
+            "negative_reasons": self.negative_reasons,
+        }
+
+
+def strategy_metrics(per_seed: list[SeedMetrics], *, seed: int = 0) -> StrategyMetrics:
+    """Summaries across seeds; negative transfer when the area or the speed-up is worse than scratch beyond its CI."""
+    summary = {name: bootstrap_median([getattr(m, name) for m in per_seed], seed=seed) for name in SUMMARISED}
+    reasons = []
+    if summary["transfer_ratio"].n and summary["transfer_ratio"].high < 0:
+        reasons.append("area under the curve below scratch's (transfer ratio CI < 0)")
+    if summary["speedup"].n and summary["speedup"].high < 1:
+        reasons.append("slower to the threshold than scratch (speed-up CI < 1)")
+    return StrategyMetrics(
+        per_seed=per_seed,
+        summary=summary,
+        censored=sum(m.censored for m in per_seed),
+        negative_transfer=bool(reasons),
+        negative_reasons=reasons,
+    )
+
+
+def _finite(data: dict) -> dict:
+    """JSON-safe: infinities become the strings 'inf'/'-inf', NaN becomes None."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, float) and math.isnan(value):
+            out[key] = None
+        elif isinstance(value, float) and math.isinf(value):
+            out[key] = "inf" if value > 0 else "-inf"
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,353 @@
+"""A study's report: transfer metrics per target and strategy, report.md / report.json, curve plots, TensorBoard."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rltransfer.io import atomic_path, versions, write_json, write_text
+from rltransfer.metrics import StrategyMetrics, Summary, bootstrap_median, seed_metrics, strategy_metrics
+
+if TYPE_CHECKING:  # rltransfer.study imports this module
+    from rltransfer.study import StudyPlan
+
+
+@dataclass
+class StudyReport:
+    """What a study measured: metrics[target][strategy], the failed runs, and the report files."""
+
+    study_dir: Path
+    metrics: dict[str, dict[str, StrategyMetrics]]
+    scratch: dict[str, dict[str, Summary]]
+    failed: dict[str, str]
+    table: str
+
+    @property
+    def report_md(self) -> Path:
+        return self.study_dir / "report.md"
+
+    @property
+    def report_json(self) -> Path:
+        return self.study_dir / "report.json"
+
+    @property
+    def curves_png(self) -> Path:
+        return self.study_dir / "curves.png"
+
+
+def _curves(plan: StudyPlan, results: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[int, list]]]:
+    curves: dict[str, dict[str, dict[int, list]]] = {}
+    for spec in plan.runs:
+        record = results.get(spec.key)
+        if record and record.get("status") == "finished":
+            curves.setdefault(spec.target, {}).setdefault(spec.strategy, {})[spec.seed] = record["curve"]
+    return curves
+
+
+def build_report(plan: StudyPlan, results: dict[str, dict[str, Any]]) -> StudyReport:
+    """Compute every metric, write report.md, report.json, curves.png and the TensorBoard summary; print a table."""
+    config = plan.config
+    curves = _curves(plan, results)
+    metrics: dict[str, dict[str, StrategyMetrics]] = {}
+    scratch_summary: dict[str, dict[str, Summary]] = {}
+    for target, threshold in plan.thresholds.items():
+        by_strategy = curves.get(target, {})
+        scratch = by_strategy.get("scratch", {})
+        scratch_summary[target] = _scratch_summary(scratch, threshold, config.budget, config.last_evals)
+        metrics[target] = {}
+        for strategy in plan.strategies:
+            if strategy == "scratch":
+                continue
+            per_seed = [
+                seed_metrics(
+                    seed,
+                    curve,
+                    scratch[seed],
+                    threshold=threshold,
+                    budget=config.budget,
+                    last=config.last_evals,
+                )
+                for seed, curve in sorted(by_strategy.get(strategy, {}).items())
+                if seed in scratch
+            ]
+            if per_seed:
+                metrics[target][strategy] = strategy_metrics(per_seed)
+    failed = {
+        key: record.get("error", "") for key, record in results.items() if record.get("status") != "finished"
+    }
+    table = format_tables(metrics, scratch_summary, plan.thresholds)
+    report = StudyReport(plan.study_dir, metrics, scratch_summary, failed, table)
+    _plot(plan, curves, report.curves_png)
+    write_text(report.report_md, _markdown(plan, report))
+    write_json(report.report_json, _json(plan, report, results))
+    _tensorboard(plan, curves, report)
+    print(table)
+    if failed:
+        print(f"{len(failed)} runs failed (re-run the study to retry them):", file=sys.stderr)
+        for key, error in failed.items():
+            print(f"  {key}: {error}", file=sys.stderr)
+    print(
+        f"Report: {report.report_md}  Plots: {report.curves_png}  TensorBoard: tensorboard --logdir {plan.study_dir}"
+    )
+    return report
+
+
+def _scratch_summary(
+    scratch: dict[int, list], threshold: float, budget: int, last: int
+) -> dict[str, Summary]:
+    from rltransfer.metrics import area_under_curve, asymptotic_return, initial_return, time_to_threshold
+
+    values: dict[str, list[float]] = {"initial": [], "asymptotic": [], "auc": [], "time_to_threshold": []}
+    for curve in scratch.values():
+        values["initial"].append(initial_return(curve))
+        values["asymptotic"].append(asymptotic_return(curve, last))
+        values["auc"].append(area_under_curve(curve))
+        values["time_to_threshold"].append(time_to_threshold(curve, threshold, budget).first)
+    return {name: bootstrap_median(v) for name, v in values.items()}
+
+
+COLUMNS = (
+    ("jumpstart", "jumpstart", 1),
+    ("asymptotic_gain", "asymptotic gain", 1),
+    ("transfer_ratio", "transfer ratio", 2),
+    ("time_to_threshold", "time to threshold", 0),
+    ("speedup", "speed-up", 2),
+    ("stable_speedup", "stable speed-up", 2),
+)
+
+
+def _rows(metrics: dict[str, StrategyMetrics], scratch: dict[str, Summary]) -> list[list[str]]:
+    rows = [["strategy", *(title for _, title, _ in COLUMNS), "verdict"]]
+    if scratch.get("time_to_threshold") and scratch["time_to_threshold"].n:
+        rows.append(
+            [
+                "scratch (baseline)",
+                "-",
+                f"asymptote {scratch['asymptotic'].format(1)}",
+                "-",
+                scratch["time_to_threshold"].format(0),
+                "1",
+                "1",
+                f"{scratch['time_to_threshold'].n} seeds",
+            ]
+        )
+    for strategy, result in metrics.items():
+        cells = [strategy]
+        for name, _, digits in COLUMNS:
+            text = result.summary[name].format(digits)
+            if name == "time_to_threshold" and result.censored:
+                text += f" ({result.censored}/{len(result.per_seed)} never)"
+            cells.append(text)
+        verdict = (
+            "NEGATIVE TRANSFER"
+            if result.negative_transfer
+            else ("faster than scratch" if result.summary["speedup"].low > 1 else "no clear difference")
+        )
+        cells.append(verdict)
+        rows.append(cells)
+    return rows
+
+
+def format_tables(
+    metrics: dict[str, dict[str, StrategyMetrics]],
+    scratch: dict[str, dict[str, Summary]],
+    thresholds: dict[str, float],
+) -> str:
+    """Plain-text tables (one per target) of median [95% CI] across seeds."""
+    blocks = []
+    for target, by_strategy in metrics.items():
+        rows = _rows(by_strategy, scratch.get(target, {}))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = [
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+        ]
+        blocks.append(
+            f"{target} (threshold {thresholds[target]:g}; median [95% CI] across seeds)\n" + "\n".join(lines)
+        )
+    return "\n\n".join(blocks)
+
+
+def _markdown(plan: StudyPlan, report: StudyReport) -> str:
+    config = plan.config
+    lines = [
+        f"# Transfer study `{config.name}`",
+        "",
+        f"Source: {plan.source_path or plan.study_dir / 'source'}; {config.budget:,} steps per run, evaluation every "
+        f"{config.eval.every:,} steps on {config.eval.episodes} episodes"
+        f"{' (deterministic)' if config.eval.deterministic else ''}; seeds {config.seed_list()}.",
+        f"Reproduce: {_command()} (the resolved config is in report.json).",
+        "",
+        "Each cell is the median across seeds with a bootstrap 95% interval, each seed paired with scratch on the same "
+        "seed. Time to threshold is the first evaluation at or above the threshold; a run that never gets there counts "
+        "as the budget (censored) and is counted in the table. Speed-up = scratch's time / the strategy's time; the "
+        "stable variant uses the first evaluation after which the return stays above the threshold. A strategy whose "
+        "transfer-ratio interval lies below 0, or whose speed-up interval lies below 1, is flagged as negative transfer.",
+        "",
+    ]
+    for target, by_strategy in report.metrics.items():
+        lines += [f"## {target} (threshold {plan.thresholds[target]:g})", ""]
+        rows = _rows(by_strategy, report.scratch.get(target, {}))
+        lines.append("| " + " | ".join(rows[0]) + " |")
+        lines.append("|" + "---|" * len(rows[0]))
+        lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+        lines += [""] + [
+            f"- `{name}`: "
+            + ("fresh weights, same budget (the baseline)" if name == "scratch" else _describe_strategy(spec))
+            for name, spec in plan.strategies.items()
+        ]
+        lines.append("")
+    lines += ["## Learning curves", "", "![learning curves](curves.png)", ""]
+    if report.failed:
+        lines += ["## Failed runs", ""] + [f"- `{k}`: {v}" for k, v in report.failed.items()] + [""]
+    return "\n".join(lines)
+
+
+def _command() -> str:
+    if Path(sys.argv[0]).name in ("rltransfer", "cli.py", "__main__.py"):
+        return "`" + " ".join(["rltransfer", *sys.argv[1:]]) + "`"
+    return "`rltransfer study` with the config below"
+
+
+def _describe_strategy(spec: dict[str, Any]) -> str:
+    parts = []
+    if spec["freeze"]:
+        parts.append("frozen: " + ", ".join(spec["freeze"]))
+    if spec["reinit"]:
+        parts.append("re-initialised: " + ", ".join(spec["reinit"]))
+    if spec.get("unfreeze_at"):
+        parts.append(f"unfrozen after {spec['unfreeze_at']:,} steps")
+    if spec.get("agent"):
+        parts.append(f"agent overrides: {spec['agent']}")
+    return "; ".join(parts) or "every layer that fits copied, all trained"
+
+
+def _json(plan: StudyPlan, report: StudyReport, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from rltransfer.metrics import _finite
+
+    return {
+        "config": plan.config.model_dump(mode="json"),
+        "versions": versions(),
+        "source": str(plan.source_path or plan.study_dir / "source"),
+        "thresholds": plan.thresholds,
+        "strategies": plan.strategies,
+        "metrics": {t: {s: m.as_dict() for s, m in by.items()} for t, by in report.metrics.items()},
+        "scratch": {t: {k: _finite(asdict(v)) for k, v in s.items()} for t, s in report.scratch.items()},
+        "runs": {
+            key: {k: v for k, v in record.items() if k != "traceback"}
+            for key, record in sorted(results.items())
+        },
+        "failed": report.failed,
+    }
+
+
+def mean_band(
+    curves: list[list], resamples: int = 2000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Steps, mean return across seeds and a bootstrap 95% band of the mean, on the shortest common grid."""
+    length = min(len(curve) for curve in curves)
+    data = np.asarray([[point[1] for point in curve[:length]] for curve in curves], dtype=float)
+    steps = np.asarray([point[0] for point in curves[0][:length]], dtype=float)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(curves), size=(resamples, len(curves)))
+    means = data[picks].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5], axis=0)
+    return steps, data.mean(axis=0), low, high
+
+
+def _figure(plan: StudyPlan, curves: dict[str, dict[str, dict[int, list]]]) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = list(plan.thresholds)
+    figure, axes = plt.subplots(1, len(targets), figsize=(5.5 * len(targets), 4), squeeze=False)
+    for axis, target in zip(axes[0], targets, strict=True):
+        for strategy in plan.strategies:
+            runs = list(curves.get(target, {}).get(strategy, {}).values())
+            if not runs:
+                continue
+            steps, mean, low, high = mean_band(runs)
+            style = {"color": "black", "linestyle": "--"} if strategy == "scratch" else {}
+            (line,) = axis.plot(steps, mean, label=f"{strategy} ({len(runs)} seeds)", **style)
+            axis.fill_between(steps, low, high, alpha=0.2, color=line.get_color())
+        axis.axhline(plan.thresholds[target], color="grey", linewidth=0.8, linestyle=":")
+        axis.set_title(target)
+        axis.set_xlabel("environment steps")
+        axis.set_ylabel("evaluation return")
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def _plot(plan: StudyPlan, curves: dict[str, dict[str, dict[int, list]]], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figure = _figure(plan, curves)
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=110, format="png")
+    plt.close(figure)
+
+
+def _tensorboard(plan: StudyPlan, curves: dict[str, dict[str, dict[int, list]]], report: StudyReport) -> None:
+    """``summary/<target>/<strategy>``: mean curve over seeds (strategies overlay), metrics, hparams, the plot."""
+    import matplotlib.pyplot as plt
+    from torch.utils.tensorboard import SummaryWriter
+
+    root = plan.study_dir / "summary"
+    if root.exists():
+        import shutil
+
+        shutil.rmtree(root)  # rebuilt whole from the stored results on every report
+    for target in plan.thresholds:
+        for strategy in plan.strategies:
+            runs = list(curves.get(target, {}).get(strategy, {}).values())
+            if not runs:
+                continue
+            writer = SummaryWriter(str(root / target / strategy))
+            steps, mean, low, high = mean_band(runs)
+            for step, m, lo, hi in zip(steps, mean, low, high, strict=True):
+                writer.add_scalar("study/mean_return", m, int(step))
+                writer.add_scalar("study/mean_return_ci_low", lo, int(step))
+                writer.add_scalar("study/mean_return_ci_high", hi, int(step))
+            result = report.metrics.get(target, {}).get(strategy)
+            scalars = {}
+            if result is not None:
+                for name in (
+                    "jumpstart",
+                    "asymptotic_gain",
+                    "transfer_ratio",
+                    "time_to_threshold",
+                    "speedup",
+                ):
+                    value = result.summary[name].median
+                    if math.isfinite(value):
+                        writer.add_scalar(f"metrics/{name}", value, 0)
+                        scalars[f"metrics/{name}"] = value
+                scalars["metrics/negative_transfer"] = float(result.negative_transfer)
+            else:
+                scalars["metrics/speedup"] = 1.0
+            writer.add_hparams(
+                {
+                    "target": target,
+                    "strategy": strategy,
+                    "seeds": len(runs),
+                    "frozen": ", ".join(plan.strategies[strategy]["freeze"]) or "none",
+                },
+                scalars,
+                run_name=".",
+            )
+            writer.close()
+    writer = SummaryWriter(str(root / "figures"))
+    figure = _figure(plan, curves)
+    writer.add_figure("study/learning_curves", figure, 0)
+    writer.add_text("study/report", "\n".join("    " + line for line in report.table.splitlines()), 0)
+    writer.close()
+    plt.close(figure)

@@ -1,0 +1,139 @@
+"""A tiny study end to end: parallel runs, report files, TensorBoard, resume, a failing run, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import rltransfer.training
+from rltransfer.config import StudyConfig, parse_config
+from rltransfer.errors import ConfigError, TransferError
+from rltransfer.study import run_study
+
+SOURCE = {
+    "budget": 512,
+    "device": "cpu",
+    "env": {"id": "rltransfer/CartPole-v1", "n_envs": 4},
+    "eval": {"every": 256, "episodes": 2, "patience": None},
+    "agent": {
+        "algo": "ppo",
+        "hyperparams": {"n_steps": 32, "batch_size": 64, "n_epochs": 2},
+        "policy": {"hidden": [16, 16]},
+    },
+}
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> dict:
+    (tmp_path / "source.yaml").write_text(yaml.safe_dump(SOURCE))
+    return {
+        "name": "tiny-study",
+        "log_root": str(tmp_path / "runs"),
+        "device": "cpu",
+        "source": {"config": str(tmp_path / "source.yaml")},
+        "targets": [{"id": "rltransfer/CartPoleShortPole-v1", "label": "short"}],
+        "strategies": [
+            "scratch",
+            "finetune",
+            {"name": "frozen-actor", "freeze": ["mlp_extractor.policy_net.*"]},
+        ],
+        "seeds": 2,
+        "budget": 512,
+        "eval": {"every": 256, "episodes": 2},
+    }
+
+
+def test_tiny_study_in_parallel_writes_report_plot_and_tensorboard(study, capsys) -> None:
+    report = run_study(study, workers=2)
+    out = capsys.readouterr().out
+    assert "[6/6]" in out and "short (threshold 475" in out  # progress lines and the terminal table
+    assert report.report_md.exists() and report.curves_png.read_bytes()[:4] == b"\x89PNG"
+    markdown = report.report_md.read_text()
+    assert "| finetune |" in markdown and "![learning curves](curves.png)" in markdown
+    data = json.loads(report.report_json.read_text())
+    assert set(data["metrics"]["short"]) == {"finetune", "frozen-actor"}
+    assert len(data["metrics"]["short"]["finetune"]["per_seed"]) == 2
+    assert data["config"]["budget"] == 512 and data["versions"]["stable-baselines3"]
+    assert data["strategies"]["frozen-actor"]["freeze"] == ["mlp_extractor.policy_net.*"]
+    assert all(run["status"] == "finished" for run in data["runs"].values())
+    assert data["runs"]["short/frozen-actor/seed0"]["frozen_unchanged"] is True
+    summary = report.study_dir / "summary"
+    for strategy in ("scratch", "finetune", "frozen-actor"):
+        tags = EventAccumulator(str(summary / "short" / strategy)).Reload().Tags()
+        assert "study/mean_return" in tags["scalars"]
+    assert (
+        "metrics/speedup" in EventAccumulator(str(summary / "short" / "finetune")).Reload().Tags()["scalars"]
+    )
+    assert "study/learning_curves" in EventAccumulator(str(summary / "figures")).Reload().Tags()["images"]
+    # every run sits in its own run directory, grouped by target and strategy for TensorBoard
+    assert (report.study_dir / "runs" / "short" / "finetune" / "seed1" / "best_model.zip").exists()
+
+
+def test_resume_skips_finished_runs(study, capsys) -> None:
+    run_study(study, workers=1)
+    first = report_dir = Path(study["log_root"]) / "tiny-study"
+    kept = first / "runs" / "short" / "finetune" / "seed0" / "result.json"
+    stamp = kept.stat().st_mtime_ns
+    (report_dir / "runs" / "short" / "scratch" / "seed1" / "result.json").unlink()  # as if interrupted there
+    capsys.readouterr()
+    run_study(study, workers=1)
+    out = capsys.readouterr().out
+    assert "Source: reusing" in out and "Resuming: 5 of 6 runs already finished." in out
+    assert "[6/6] short/scratch/seed1" in out and "1 runs in" in out
+    assert kept.stat().st_mtime_ns == stamp
+
+
+def test_a_failing_run_is_reported_without_losing_the_others(study, monkeypatch, capsys) -> None:
+    real_train = rltransfer.training.train
+
+    def train(config, **kwargs):
+        if config.seed == 1 and "scratch" in config.log_root:
+            raise RuntimeError("simulated crash")
+        return real_train(config, **kwargs)
+
+    monkeypatch.setattr(rltransfer.training, "train", train)
+    report = run_study(study, workers=1)
+    assert report.failed == {"short/scratch/seed1": "RuntimeError: simulated crash"}
+    assert len(report.metrics["short"]["finetune"].per_seed) == 1  # seed 0 still paired and measured
+    error = json.loads((report.study_dir / "runs/short/scratch/seed1/error.json").read_text())
+    assert "simulated crash" in error["traceback"]
+    assert "short/scratch/seed1" in report.report_md.read_text()
+    monkeypatch.setattr(rltransfer.training, "train", real_train)
+    capsys.readouterr()
+    assert run_study(study, workers=1).failed == {}
+    assert "Resuming: 5 of 6" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "expected"),
+    [
+        (
+            {"strategies": ["scratch", "fine-tune"]},
+            ConfigError,
+            "unknown strategy `fine-tune` (did you mean `finetune`?)",
+        ),
+        (
+            {"strategies": [{"name": "x", "freeze": ["mlp_extractor.nothing"]}]},
+            ConfigError,
+            "`mlp_extractor.nothing` matches no layer",
+        ),
+        ({"seeds": 0}, ConfigError, "`seeds` is invalid"),
+        ({"budget": 0}, ConfigError, "`budget` is invalid"),
+        (
+            {"targets": [{"id": "rltransfer/CartPoleLongPol-v1"}]},
+            ConfigError,
+            "did you mean `rltransfer/CartPoleLongPole-v1`",
+        ),
+        ({"agent": {"algo": "ppo", "policy": {"hidden": [7]}}}, TransferError, "no layer of the source fits"),
+    ],
+)
+def test_bad_studies_are_rejected_before_any_run(study, change, error, expected) -> None:
+    study.update(change)
+    with pytest.raises(error) as raised:
+        run_study(parse_config(study, StudyConfig, "study.yaml"), workers=1)
+    assert expected in str(raised.value)
+    assert not Path(study["log_root"]).exists()
