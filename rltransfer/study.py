@@ -96,6 +96,10 @@ def _strategies(config: StudyConfig) -> dict[str, StudyStrategy | str]:
                 f"`strategies`: unknown strategy `{item}`{did_you_mean(item, BUILTIN_STRATEGIES)}. Built-in strategies "
                 f"are {', '.join(BUILTIN_STRATEGIES)}; name your own as {{name: NAME, freeze: [...], reinit: [...]}}."
             )
+        if name == "scratch" and not isinstance(item, str):
+            raise ConfigError(
+                "`strategies`: `scratch` is the built-in baseline; give your strategy another name."
+            )
         if name in chosen and name != "scratch":
             raise ConfigError(f"`strategies`: `{name}` appears twice; give each strategy a distinct name.")
         chosen[name] = item
@@ -136,14 +140,11 @@ def _strategy_agent(agent: AgentConfig, strategy: StudyStrategy | str) -> AgentC
         raise ConfigError(
             f"`strategies` {strategy.name}.agent may not change the algorithm (the study uses {agent.algo})."
         )
-    try:
-        return parse_config(
-            {"name": "x", "budget": 1, "env": {"id": "x"}, "agent": merged},
-            TrainConfig,
-            f"strategy {strategy.name}",
-        ).agent
-    except ConfigError as error:
-        raise ConfigError(str(error).replace("`agent.", f"`strategies` {strategy.name}: `agent.")) from None
+    return parse_config(
+        {"name": "x", "budget": 1, "env": {"id": "x"}, "agent": merged},
+        TrainConfig,
+        f"`strategies` {strategy.name}",
+    ).agent
 
 
 def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -219,7 +220,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
         train_env, _ = make_envs(EnvConfig(**env), 0)
         policy = build_agent(agent, train_env, seed=0, device="cpu").policy
         mapping = map_weights(source_state, policy)
-        if not mapping.copied:
+        if not mapping.copied:  # (a strategy may still re-initialise everything on purpose, as a control)
             raise TransferError(
                 f"`{where}` {target.id}: no layer of the source fits the target agent (source tensors "
                 f"{short_list(list(source_state), 8)}). Choose a target with compatible spaces or set `agent`."

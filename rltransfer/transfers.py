@@ -268,7 +268,7 @@ def transfer(
     except LayerSelectionError as error:
         raise ConfigError(f"`reinit`: {error}") from None
     mapping = map_weights(source.state_dict, policy, reinit)
-    if not mapping.copied:
+    if not mapping.copied and any(info["reason"] != "asked" for info in mapping.reinitialised.values()):
         raise TransferError(
             f"No layer of the source {source.path} fits the target agent ({agent.algo} on {config.env.id}): "
             f"source layers {short_list(_describe(source.state_dict), 12)}; target layers "

@@ -173,12 +173,18 @@ def test_dqn_transfer_keeps_frozen_layer_and_its_target_copy_identical(tmp_path,
 
 def test_two_phase_finetuning_unfreezes_after_the_given_step(tmp_path, tiny_transfer) -> None:
     path, source_state = plain_sb3_source(tmp_path)
-    agent = {"algo": "ppo", "hyperparams": {"n_steps": 32, "batch_size": 64, "n_epochs": 2}, "policy": {"hidden": [16, 16]}}
+    agent = {
+        "algo": "ppo",
+        "hyperparams": {"n_steps": 32, "batch_size": 64, "n_epochs": 2},
+        "policy": {"hidden": [16, 16]},
+    }
     tiny_transfer.update(source=path, freeze=["mlp_extractor.policy_net.*"], unfreeze_at=256, agent=agent)
     result = rltransfer.transfer(tiny_transfer, progress_bar=False, verbose=False)
     record = json.loads((result.run_dir / "run.json").read_text())
     assert record["unfrozen_at"] == 256 and result.frozen_unchanged is None
     final = PPO.load(result.last_model, device="cpu").policy.state_dict()
-    assert not torch.equal(final["mlp_extractor.policy_net.0.weight"], source_state["mlp_extractor.policy_net.0.weight"])
+    assert not torch.equal(
+        final["mlp_extractor.policy_net.0.weight"], source_state["mlp_extractor.policy_net.0.weight"]
+    )
     frozen = EventAccumulator(str(result.run_dir)).Reload().Scalars("params/frozen")
     assert frozen[0].value > 0 and frozen[-1].value == 0
