@@ -7,15 +7,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rltransfer.config import TrainConfig, TransferConfig, load_config, parse_config
+from rltransfer.config import StudyConfig, TrainConfig, TransferConfig, load_config, parse_config
 from rltransfer.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted([*CONFIGS.rglob("*.yaml"), *BENCHMARKS.glob("*.yaml")]), ids=lambda p: f"{p.parent.name}/{p.name}"
+)
 def test_shipped_configs_validate(path: Path) -> None:
-    model = TransferConfig if "source" in yaml.safe_load(path.read_text()) else TrainConfig
+    data = yaml.safe_load(path.read_text())
+    model = StudyConfig if "targets" in data else TransferConfig if "source" in data else TrainConfig
     config = load_config(path, model)
     assert config.budget > 0
 
