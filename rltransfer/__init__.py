@@ -42,6 +42,9 @@ _LAZY = {
     "TrainConfig": "rltransfer.config",
     "TransferConfig": "rltransfer.config",
     "build_agent": "rltransfer.agents",
+    "run_study": "rltransfer.study",
+    "StudyConfig": "rltransfer.config",
+    "unfreeze_agent": "rltransfer.sb3",
 }
 
 __all__ = [

@@ -179,8 +179,8 @@ class StrategyMetrics:
 
     def as_dict(self) -> dict:
         return {
-            "per_seed": [_finite(asdict(m)) for m in self.per_seed],
-            "summary": {k: _finite(asdict(v)) for k, v in self.summary.items()},
+            "per_seed": [json_safe(asdict(m)) for m in self.per_seed],
+            "summary": {k: json_safe(asdict(v)) for k, v in self.summary.items()},
             "censored": self.censored,
             "negative_transfer": self.negative_transfer,
             "negative_reasons": self.negative_reasons,
@@ -204,7 +204,7 @@ def strategy_metrics(per_seed: list[SeedMetrics], *, seed: int = 0) -> StrategyM
     )
 
 
-def _finite(data: dict) -> dict:
+def json_safe(data: dict) -> dict:
     """JSON-safe: infinities become the strings 'inf'/'-inf', NaN becomes None."""
     out = {}
     for key, value in data.items():

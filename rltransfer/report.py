@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rltransfer.io import atomic_path, versions, write_json, write_text
-from rltransfer.metrics import StrategyMetrics, Summary, bootstrap_median, seed_metrics, strategy_metrics
+from rltransfer.metrics import (
+    StrategyMetrics,
+    Summary,
+    bootstrap_median,
+    json_safe,
+    seed_metrics,
+    strategy_metrics,
+)
 
 if TYPE_CHECKING:  # rltransfer.study imports this module
     from rltransfer.study import StudyPlan
@@ -227,10 +234,6 @@ def _describe_strategy(spec: dict[str, Any]) -> str:
 
 
 def _json(plan: StudyPlan, report: StudyReport, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    from rltransfer.metrics import _finite
-
     return {
         "config": plan.config.model_dump(mode="json"),
         "versions": versions(),
@@ -238,7 +241,7 @@ def _json(plan: StudyPlan, report: StudyReport, results: dict[str, dict[str, Any
         "thresholds": plan.thresholds,
         "strategies": plan.strategies,
         "metrics": {t: {s: m.as_dict() for s, m in by.items()} for t, by in report.metrics.items()},
-        "scratch": {t: {k: _finite(asdict(v)) for k, v in s.items()} for t, s in report.scratch.items()},
+        "scratch": {t: {k: json_safe(asdict(v)) for k, v in s.items()} for t, s in report.scratch.items()},
         "runs": {
             key: {k: v for k, v in record.items() if k != "traceback"}
             for key, record in sorted(results.items())

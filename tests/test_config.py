@@ -15,7 +15,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.mark.parametrize(
-    "path", sorted([*CONFIGS.rglob("*.yaml"), *BENCHMARKS.glob("*.yaml")]), ids=lambda p: f"{p.parent.name}/{p.name}"
+    "path",
+    sorted([*CONFIGS.rglob("*.yaml"), *BENCHMARKS.glob("*.yaml")]),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
 )
 def test_shipped_configs_validate(path: Path) -> None:
     data = yaml.safe_load(path.read_text())

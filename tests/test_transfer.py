@@ -81,7 +81,8 @@ def test_mismatched_spaces_reinitialise_only_mismatched_layers(tmp_path) -> None
 
 def test_reinit_forces_a_fresh_head(tmp_path, tiny_transfer) -> None:
     path, source_state = plain_sb3_source(tmp_path)
-    tiny_transfer.update(source=path, reinit=["action_net"], budget=64)
+    agent = {"algo": "ppo", "hyperparams": {"n_steps": 16, "batch_size": 64}, "policy": {"hidden": [16, 16]}}
+    tiny_transfer.update(source=path, reinit=["action_net"], budget=64, agent=agent)
     result = rltransfer.transfer(tiny_transfer, progress_bar=False, verbose=False)
     assert result.mapping.reinitialised["action_net"]["reason"] == "asked"
 
