@@ -42,6 +42,8 @@ def optimizer_settings(agent: AgentConfig) -> tuple[type, dict[str, Any]]:
     settings = agent.optimizer
     name = settings.name or spec.default_optimizer
     kwargs: dict[str, Any] = dict(spec.default_optimizer_kwargs) if name == spec.default_optimizer else {}
+    if name == "adam" and agent.algo in ("ppo", "a2c"):
+        kwargs.setdefault("eps", 1e-5)  # SB3's ActorCriticPolicy default for Adam
     if settings.weight_decay:
         kwargs["weight_decay"] = settings.weight_decay
     if settings.eps is not None:

@@ -51,12 +51,15 @@ def add_dropout(policy: nn.Module, p: float) -> int:
     if p <= 0:
         return 0
     count = 0
-    for module in list(policy.modules()):
+    for path, module in list(policy.named_modules()):
         if not isinstance(module, nn.Sequential):
             continue
         children = list(module.named_children())
-        for (_, previous), (name, child) in zip(children, children[1:], strict=False):
-            if isinstance(previous, nn.Linear) and _is_activation(child):
+        for index, ((_, previous), (name, child)) in enumerate(zip(children, children[1:], strict=False)):
+            squashes_output = path.split(".")[-1] == "mu" and index + 2 == len(
+                children
+            )  # TD3: Linear, Tanh = action
+            if isinstance(previous, nn.Linear) and _is_activation(child) and not squashes_output:
                 setattr(module, name, nn.Sequential(child, MaskedDropout(p)))
                 count += 1
     return count

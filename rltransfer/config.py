@@ -110,7 +110,18 @@ class AgentConfig(_Section):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
 
 
+_REDIRECTS = {
+    "learning_rate": "agent.optimizer.lr",
+    "policy_kwargs": "agent.policy",
+    "seed": "seed",
+    "device": "device",
+    "env": "env",
+    "use_rms_prop": "agent.optimizer.name",
+    "rms_prop_eps": "agent.optimizer.eps",
+}
 _MANAGED = {
+    "use_rms_prop",
+    "rms_prop_eps",
     "policy",
     "env",
     "learning_rate",
@@ -202,10 +213,25 @@ def parse_config(data: dict[str, Any], model: type[ConfigT], origin: str = "conf
         config = model.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_explain(error, model, origin)) from None
+    budget, evaluation = getattr(config, "budget", None), getattr(config, "eval", None)
+    if budget is not None and evaluation is not None and budget < evaluation.every:
+        raise ConfigError(
+            f"{origin}: `budget` ({budget:,}) is smaller than `eval.every` ({evaluation.every:,}): the run would never "
+            "be evaluated after it starts learning. Raise the budget or evaluate more often."
+        )
     agent = getattr(config, "agent", None)
     if agent is not None:
         check_hyperparams(agent, origin)
     return config
+
+
+class _AgentOnly(_Section):
+    agent: AgentConfig
+
+
+def parse_agent(data: Any, origin: str = "config") -> AgentConfig:
+    """Validate an ``agent`` section on its own (errors name `agent.<key>`)."""
+    return parse_config({"agent": data}, _AgentOnly, origin).agent
 
 
 def load_config(path: str | Path, model: type[ConfigT], overrides: dict[str, Any] | None = None) -> ConfigT:
@@ -242,13 +268,7 @@ def check_hyperparams(agent: AgentConfig, origin: str) -> None:
     )
     for key in agent.hyperparams:
         if key in _MANAGED:
-            where = {
-                "learning_rate": "agent.optimizer.lr",
-                "policy_kwargs": "agent.policy",
-                "seed": "seed",
-                "device": "device",
-                "env": "env",
-            }.get(key, "the top level of the config")
+            where = _REDIRECTS.get(key, "the top level of the config")
             raise ConfigError(
                 f"{origin}: `agent.hyperparams.{key}` is set by rltransfer; set it with `{where}` instead."
             )

@@ -11,7 +11,6 @@ every update) leaves them in eval mode, so BatchNorm running statistics stay fix
 from __future__ import annotations
 
 import fnmatch
-import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -177,6 +176,8 @@ def _collapse(model: nn.Module, names: list[str]) -> list[str]:
             parent = name.rpartition(".")[0]
             if not parent or parent in chosen:
                 continue
+            if any(True for _ in model.get_submodule(parent).parameters(recurse=False)):
+                continue  # the parent's own parameters were not selected
             children = [f"{parent}.{child}" for child, _ in model.get_submodule(parent).named_children()]
             if all(child in chosen for child in children):
                 position = min(chosen.index(child) for child in children)
@@ -246,8 +247,16 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, frozen
 
 
-def _eval_only_train(self: nn.Module, mode: bool = True) -> nn.Module:
-    return nn.Module.train(self, False)
+class _StayInEval:
+    """Stands in for a frozen module's ``train()``: whatever mode is asked for, the module stays in eval mode.
+
+    A module-level class (not a bound function) so that frozen models still pickle with ``torch.save``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, mode: bool = True) -> nn.Module:
+        return nn.Module.train(self.module, False)
 
 
 def _keep_eval_hook(module: nn.Module, _inputs: Any) -> None:
@@ -259,7 +268,7 @@ def _pin_eval(module: nn.Module) -> None:
     if getattr(module, _PINNED, False):
         return
     nn.Module.train(module, False)
-    module.train = types.MethodType(_eval_only_train, module)  # type: ignore[method-assign]
+    module.train = _StayInEval(module)  # type: ignore[method-assign]
     module.register_forward_pre_hook(_keep_eval_hook)
     object.__setattr__(module, _PINNED, True)
 
@@ -279,10 +288,13 @@ def _split_pinned_ancestors(model: nn.Module, name: str) -> None:
     if not name:
         return
     parts = name.split(".")
+    splitting = False
     for depth in range(1, len(parts)):
         ancestor_name = ".".join(parts[:depth])
         ancestor = model.get_submodule(ancestor_name)
-        if not getattr(ancestor, _PINNED, False):
+        # below a pinned ancestor every module on the path to `name` must be split too
+        splitting = splitting or getattr(ancestor, _PINNED, False)
+        if not splitting:
             continue
         _unpin_eval(ancestor)
         for child_name, child in ancestor.named_children():

@@ -72,9 +72,14 @@ def area_under_curve(curve: Curve) -> float:
     return float(np.sum((returns[1:] + returns[:-1]) / 2.0 * np.diff(steps)))
 
 
+def within_budget(curve: Curve, budget: float) -> list[tuple[float, float]]:
+    """The evaluations at or before `budget` (SB3 finishes its last rollout, so runs can overshoot it)."""
+    return [(step, value) for step, value in curve if step <= budget]
+
+
 def time_to_threshold(curve: Curve, threshold: float, budget: float) -> Threshold:
     """First step with return >= threshold, and the first step after which every evaluation stays there."""
-    steps, returns = _steps_returns(curve)
+    steps, returns = _steps_returns(within_budget(curve, budget) or curve[:1])
     above = returns >= threshold
     first = float(steps[np.argmax(above)]) if above.any() else float(budget)
     # stable: the start of the final run of evaluations at or above the threshold
@@ -87,9 +92,9 @@ def time_to_threshold(curve: Curve, threshold: float, budget: float) -> Threshol
 
 
 def speedup(scratch_steps: float, transfer_steps: float) -> float:
-    """scratch_steps / transfer_steps; infinite when the transfer run needed no training at all."""
+    """scratch_steps / transfer_steps; infinite when only the transfer run needed no training, 1 when neither did."""
     if transfer_steps <= 0:
-        return math.inf
+        return 1.0 if scratch_steps <= 0 else math.inf
     return scratch_steps / transfer_steps
 
 
@@ -154,6 +159,8 @@ def seed_metrics(
     )
 
 
+MIN_SEEDS = 2  # paired seeds needed before a strategy is called better or worse than scratch
+
 SUMMARISED = (
     "jumpstart",
     "asymptotic",
@@ -191,9 +198,10 @@ def strategy_metrics(per_seed: list[SeedMetrics], *, seed: int = 0) -> StrategyM
     """Summaries across seeds; negative transfer when the area or the speed-up is worse than scratch beyond its CI."""
     summary = {name: bootstrap_median([getattr(m, name) for m in per_seed], seed=seed) for name in SUMMARISED}
     reasons = []
-    if summary["transfer_ratio"].n and summary["transfer_ratio"].high < 0:
+    # one seed gives a zero-width interval: no verdict without at least MIN_SEEDS paired seeds
+    if summary["transfer_ratio"].n >= MIN_SEEDS and summary["transfer_ratio"].high < 0:
         reasons.append("area under the curve below scratch's (transfer ratio CI < 0)")
-    if summary["speedup"].n and summary["speedup"].high < 1:
+    if summary["speedup"].n >= MIN_SEEDS and summary["speedup"].high < 1:
         reasons.append("slower to the threshold than scratch (speed-up CI < 1)")
     return StrategyMetrics(
         per_seed=per_seed,

@@ -12,12 +12,14 @@ import numpy as np
 
 from rltransfer.io import atomic_path, versions, write_json, write_text
 from rltransfer.metrics import (
+    MIN_SEEDS,
     StrategyMetrics,
     Summary,
     bootstrap_median,
     json_safe,
     seed_metrics,
     strategy_metrics,
+    within_budget,
 )
 
 if TYPE_CHECKING:  # rltransfer.study imports this module
@@ -52,7 +54,9 @@ def _curves(plan: StudyPlan, results: dict[str, dict[str, Any]]) -> dict[str, di
     for spec in plan.runs:
         record = results.get(spec.key)
         if record and record.get("status") == "finished":
-            curves.setdefault(spec.target, {}).setdefault(spec.strategy, {})[spec.seed] = record["curve"]
+            # every run is compared over the same span: SB3 may overshoot the budget by part of a rollout
+            curve = within_budget(record["curve"], plan.config.budget)
+            curves.setdefault(spec.target, {}).setdefault(spec.strategy, {})[spec.seed] = curve
     return curves
 
 
@@ -150,11 +154,14 @@ def _rows(metrics: dict[str, StrategyMetrics], scratch: dict[str, Summary]) -> l
             if name == "time_to_threshold" and result.censored:
                 text += f" ({result.censored}/{len(result.per_seed)} never)"
             cells.append(text)
-        verdict = (
-            "NEGATIVE TRANSFER"
-            if result.negative_transfer
-            else ("faster than scratch" if result.summary["speedup"].low > 1 else "no clear difference")
-        )
+        if len(result.per_seed) < MIN_SEEDS:
+            verdict = "too few seeds for a verdict"
+        elif result.negative_transfer:
+            verdict = "NEGATIVE TRANSFER"
+        elif result.summary["speedup"].low > 1:
+            verdict = "faster than scratch"
+        else:
+            verdict = "no clear difference"
         cells.append(verdict)
         rows.append(cells)
     return rows

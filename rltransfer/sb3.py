@@ -11,6 +11,7 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from torch import nn
 
+from rltransfer.errors import ConfigError
 from rltransfer.layers import freeze_modules, layer_names, select_layers, unfreeze_modules
 from rltransfer.optim import build_optimizer, l1_strength, trainable_parameters
 
@@ -41,6 +42,7 @@ class _OptimizerSlot:
     attribute: str
     module: nn.Module
     exclude_features_extractor: bool = False
+    label: str = "policy"
 
     def parameters(self) -> list[nn.Parameter]:
         return [
@@ -56,8 +58,10 @@ def _optimizer_slots(model: BaseAlgorithm) -> list[_OptimizerSlot]:
     if hasattr(policy, "actor") and hasattr(policy, "critic") and hasattr(policy.critic, "optimizer"):
         shared = bool(getattr(policy, "share_features_extractor", False))
         return [
-            _OptimizerSlot(policy.actor, "optimizer", policy.actor),
-            _OptimizerSlot(policy.critic, "optimizer", policy.critic, exclude_features_extractor=shared),
+            _OptimizerSlot(policy.actor, "optimizer", policy.actor, label="actor"),
+            _OptimizerSlot(
+                policy.critic, "optimizer", policy.critic, exclude_features_extractor=shared, label="critic"
+            ),
         ]
     if hasattr(policy, "q_net") and hasattr(policy, "q_net_target"):
         return [_OptimizerSlot(policy, "optimizer", policy.q_net)]
@@ -77,13 +81,13 @@ def rebuild_optimizers(model: BaseAlgorithm, l1: float | None = None, keep_state
     for slot in _optimizer_slots(model):
         old = getattr(slot.owner, slot.attribute)
         strength = l1_strength(old) if l1 is None else l1
-        new = build_optimizer(
-            trainable_parameters(slot.parameters()),
-            policy.optimizer_class,
-            lr,
-            l1=strength,
-            **policy.optimizer_kwargs,
-        )
+        trainable = trainable_parameters(slot.parameters())
+        if not trainable:
+            raise ConfigError(
+                f"Every parameter of the {slot.label} is frozen, but {type(model).__name__} trains the {slot.label} "
+                f"with its own optimizer: leave at least one {slot.label} layer trainable."
+            )
+        new = build_optimizer(trainable, policy.optimizer_class, lr, l1=strength, **policy.optimizer_kwargs)
         if keep_state:
             for param, state in old.state.items():
                 if param.requires_grad:

@@ -33,6 +33,7 @@ from rltransfer.config import (
     TrainConfig,
     TransferConfig,
     load_config,
+    parse_agent,
     parse_config,
     resolve_config_path,
 )
@@ -53,6 +54,7 @@ class RunSpec:
     kind: str  # "train" (scratch) or "transfer"
     config: dict[str, Any]
     run_dir: Path
+    source_id: str = ""  # identifies the source's weights: a stored result is stale once they change
 
     @property
     def key(self) -> str:
@@ -61,7 +63,7 @@ class RunSpec:
     @property
     def fingerprint(self) -> str:
         return hashlib.sha256(
-            json.dumps([self.kind, self.config], sort_keys=True, default=str).encode()
+            json.dumps([self.kind, self.config, self.source_id], sort_keys=True, default=str).encode()
         ).hexdigest()[:16]
 
 
@@ -106,8 +108,9 @@ def _strategies(config: StudyConfig) -> dict[str, StudyStrategy | str]:
     return chosen
 
 
-def _resolve_layers(policy: Any, strategy: StudyStrategy | str) -> dict[str, list[str]]:
-    """The freeze and re-initialise lists of a strategy, as selectors that match this policy."""
+def _resolve_layers(policy: Any, strategy: StudyStrategy | str, reinitialised: set[str]) -> dict[str, Any]:
+    """The freeze and re-initialise lists of a strategy, as selectors that match this policy. The built-in
+    strategies never freeze a layer that could not be copied (frozen random features help no one)."""
     from rltransfer.layers import select_layers
     from rltransfer.sb3 import hidden_layers, trunk_layers
 
@@ -125,9 +128,17 @@ def _resolve_layers(policy: Any, strategy: StudyStrategy | str) -> dict[str, lis
             "unfreeze_at": strategy.unfreeze_at,
         }
     if strategy == "head-only":
-        return {"freeze": hidden_layers(policy), "reinit": [], "unfreeze_at": None}
+        return {
+            "freeze": [n for n in hidden_layers(policy) if n not in reinitialised],
+            "reinit": [],
+            "unfreeze_at": None,
+        }
     if strategy == "freeze-trunk":
-        return {"freeze": trunk_layers(policy), "reinit": [], "unfreeze_at": None}
+        return {
+            "freeze": [n for n in trunk_layers(policy) if n not in reinitialised],
+            "reinit": [],
+            "unfreeze_at": None,
+        }
     return {"freeze": [], "reinit": [], "unfreeze_at": None}
 
 
@@ -140,11 +151,7 @@ def _strategy_agent(agent: AgentConfig, strategy: StudyStrategy | str) -> AgentC
         raise ConfigError(
             f"`strategies` {strategy.name}.agent may not change the algorithm (the study uses {agent.algo})."
         )
-    return parse_config(
-        {"name": "x", "budget": 1, "env": {"id": "x"}, "agent": merged},
-        TrainConfig,
-        f"`strategies` {strategy.name}",
-    ).agent
+    return parse_agent(merged, f"`strategies` {strategy.name}")
 
 
 def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +168,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     """Validate the whole study (source, targets, strategies, layer names, mappability) and list its runs."""
     from rltransfer.agents import build_agent
     from rltransfer.environment import check_env, make_envs, reward_threshold
-    from rltransfer.transfers import load_source, map_weights
+    from rltransfer.transfers import load_source, map_weights, source_agent_config
 
     study_dir = Path(config.log_root) / config.name
     if (config.source.config is None) == (config.source.path is None):
@@ -188,14 +195,12 @@ def plan_study(config: StudyConfig) -> StudyPlan:
         source = load_source(config.source.path)
         source_path = source.path
         source_state = source.state_dict
-        from rltransfer.transfers import infer_hidden
-
-        algo = source.algo or "ppo"
-        agent = (
-            config.agent
-            or source.agent
-            or AgentConfig(algo=algo, policy={"hidden": infer_hidden(source_state, algo)})
-        )
+        agent = config.agent or source_agent_config(source)
+    source_id = (
+        _fingerprint(source_config.model_dump_json())
+        if source_config
+        else _file_digest(Path(source_path or ""))
+    )
     n_envs = config.n_envs or (source_config.env.n_envs if source_config else 1)
     strategies = _strategies(config)
     seeds = config.seed_list()
@@ -226,13 +231,24 @@ def plan_study(config: StudyConfig) -> StudyPlan:
                 f"{short_list(list(source_state), 8)}). Choose a target with compatible spaces or set `agent`."
             )
         for name, strategy in strategies.items():
-            layers = _resolve_layers(policy, strategy)
+            layers = _resolve_layers(policy, strategy, set(mapping.reinitialised))
             overrides = strategy.agent if isinstance(strategy, StudyStrategy) else {}
             resolved.setdefault(name, {**layers, "agent": overrides})
             strategy_agent = _strategy_agent(agent, strategy)
             for seed in seeds:
                 runs.append(
-                    _run_spec(config, study_dir, label, name, seed, env, strategy_agent, layers, source_path)
+                    _run_spec(
+                        config,
+                        study_dir,
+                        label,
+                        name,
+                        seed,
+                        env,
+                        strategy_agent,
+                        layers,
+                        source_path,
+                        source_id,
+                    )
                 )
     return StudyPlan(config, study_dir, source_path, source_config, agent, thresholds, resolved, runs)
 
@@ -245,8 +261,9 @@ def _run_spec(
     seed: int,
     env: dict[str, Any],
     agent: AgentConfig,
-    layers: dict[str, list[str]],
+    layers: dict[str, Any],
     source_path: Path | None,
+    source_id: str,
 ) -> RunSpec:
     run = {
         "name": f"seed{seed}",
@@ -258,19 +275,28 @@ def _run_spec(
         "eval": {**config.eval.model_dump(), "patience": None, "threshold": None},
         "agent": agent.model_dump(mode="json"),
     }
+    run_dir = study_dir / "runs" / label / strategy / f"seed{seed}"
     if strategy == "scratch":
-        return RunSpec(
-            label, strategy, seed, "train", run, study_dir / "runs" / label / strategy / f"seed{seed}"
-        )
+        return RunSpec(label, strategy, seed, "train", run, run_dir)
     run.update(
         source=str(source_path) if source_path else str(study_dir / "source"),
         freeze=layers["freeze"],
         reinit=layers["reinit"],
         unfreeze_at=layers["unfreeze_at"],
     )
-    return RunSpec(
-        label, strategy, seed, "transfer", run, study_dir / "runs" / label / strategy / f"seed{seed}"
-    )
+    return RunSpec(label, strategy, seed, "transfer", run, run_dir, source_id)
+
+
+def _fingerprint(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def finished_result(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
@@ -333,7 +359,7 @@ def _train_source(plan: StudyPlan) -> Path:
     """Train the study's source once; a finished source with the same config is reused."""
     assert plan.source_config is not None
     run_dir = plan.study_dir / "source"
-    fingerprint = hashlib.sha256(plan.source_config.model_dump_json().encode()).hexdigest()[:16]
+    fingerprint = _fingerprint(plan.source_config.model_dump_json())
     if finished_result(run_dir, fingerprint) is not None and (run_dir / "best_model.zip").exists():
         print(f"Source: reusing {run_dir}", flush=True)
         return run_dir
@@ -398,7 +424,8 @@ def _execute_all(
         for spec in pending:
             report(spec, execute_run(spec.kind, spec.config, str(spec.run_dir), spec.fingerprint))
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=get_context("spawn"))
+    try:
         futures = {
             pool.submit(execute_run, spec.kind, spec.config, str(spec.run_dir), spec.fingerprint): spec
             for spec in pending
@@ -412,4 +439,18 @@ def _execute_all(
             except Exception as error:  # e.g. a result that could not be sent back
                 record = {"status": "failed", "error": f"{type(error).__name__}: {error}", "seconds": 0.0}
             report(spec, record)
+    except BaseException:
+        # Ctrl-C or another interruption: drop the queued runs and stop the running ones now; the finished runs'
+        # results are already stored, so running the study again resumes after them
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        raise
+    pool.shutdown(wait=True)
+    if any(str(record.get("error", "")).startswith("worker process died") for record in results.values()):
+        print(
+            "A worker process died. If you started the study from a Python script, guard the call with "
+            '`if __name__ == "__main__":` (workers are started with the spawn method, which re-imports the script).',
+            file=sys.stderr,
+        )
     sys.stdout.flush()

@@ -21,6 +21,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from rltransfer.callbacks import EvaluateAndKeepBest, RunInfo, flat_hparams
 from rltransfer.config import RunConfig, TrainConfig, dump_config, load_config, parse_config
 from rltransfer.environment import make_envs, reward_threshold
+from rltransfer.errors import ConfigError
 from rltransfer.io import prepare_run_dir, save_model, versions, write_json, write_text
 from rltransfer.layers import count_parameters
 
@@ -136,6 +137,19 @@ def run_training(
             callback=[info, *(callbacks or []), evaluation],
             progress_bar=progress_bar,
         )
+    except BaseException as error:
+        interrupted = isinstance(error, KeyboardInterrupt)
+        record.update(
+            status="interrupted" if interrupted else "failed", error=f"{type(error).__name__}: {error}"
+        )
+        record.update(timesteps=int(model.num_timesteps))
+        write_json(run_dir / "run.json", record)
+        if isinstance(error, (TypeError, ValueError)):
+            raise ConfigError(
+                f"Training stopped at step {model.num_timesteps:,} with {type(error).__name__}: {error}. This usually "
+                "comes from a setting of the wrong type or range in `agent.hyperparams`; check it in the config."
+            ) from error
+        raise
     finally:
         model.get_env().close()  # type: ignore[union-attr]
         eval_env.close()

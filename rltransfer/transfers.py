@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rltransfer.config import AgentConfig, PolicyConfig, TrainConfig, TransferConfig, load_yaml, parse_config
+from rltransfer.config import AgentConfig, PolicyConfig, TransferConfig, load_yaml, parse_agent
 from rltransfer.errors import ConfigError, LayerSelectionError, TransferError, short_list
 from rltransfer.training import RunResult, coerce_config, run_training
 
@@ -31,6 +31,7 @@ class SourceAgent:
     state_dict: dict[str, torch.Tensor]
     agent: AgentConfig | None = None
     algo: str | None = None
+    activation: str | None = None
 
 
 @dataclass
@@ -122,13 +123,11 @@ def load_source(source: str | Path) -> SourceAgent:
     if (path.parent / "run.json").exists() and config_path.exists():
         raw = load_yaml(config_path)
         if "agent" in raw and isinstance(raw["agent"], dict):
-            agent = parse_config(
-                {"name": "source", "budget": 1, "env": {"id": "CartPole-v1"}, "agent": raw["agent"]},
-                TrainConfig,
-                str(config_path),
-            ).agent  # type: ignore[union-attr]
+            agent = parse_agent(raw["agent"], str(config_path))
     algo = agent.algo if agent else _algo_from_data(data)
-    return SourceAgent(path=path, state_dict=state_dict, agent=agent, algo=algo)
+    return SourceAgent(
+        path=path, state_dict=state_dict, agent=agent, algo=algo, activation=_activation_from_data(data)
+    )
 
 
 def _read_zip(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -170,7 +169,23 @@ def _algo_from_data(data: dict[str, Any]) -> str | None:
     for algo in ("dqn", "sac", "td3"):
         if f"stable_baselines3.{algo}." in module:
             return algo
-    return "ppo" if "stable_baselines3.common" in module else None
+    if "stable_baselines3.common" in module:
+        return (
+            "ppo" if "clip_range" in data else "a2c"
+        )  # both use ActorCriticPolicy; only PPO has a clip range
+    return None
+
+
+def _activation_from_data(data: dict[str, Any]) -> str | None:
+    """The activation named (as plain text) in the policy_kwargs of SB3's readable ``data`` file."""
+    from rltransfer.agents import ACTIVATIONS
+
+    kwargs = data.get("policy_kwargs")
+    text = str(kwargs.get("activation_fn", "")) if isinstance(kwargs, dict) else ""
+    for name, cls in ACTIVATIONS.items():
+        if text.endswith(f".{cls.__name__}'>"):
+            return name
+    return None
 
 
 def infer_hidden(state_dict: dict[str, torch.Tensor], algo: str) -> list[int] | dict[str, list[int]] | None:
@@ -237,13 +252,13 @@ def map_weights(
     return mapping
 
 
-def _target_agent(config: TransferConfig, source: SourceAgent) -> AgentConfig:
-    if config.agent is not None:
-        return config.agent
+def source_agent_config(source: SourceAgent) -> AgentConfig:
+    """The agent a source was trained with: its run's config, else read off its weights and readable data."""
     if source.agent is not None:
         return source.agent
     algo = source.algo or "ppo"
-    return AgentConfig(algo=algo, policy=PolicyConfig(hidden=infer_hidden(source.state_dict, algo)))
+    hidden = infer_hidden(source.state_dict, algo)
+    return AgentConfig(algo=algo, policy=PolicyConfig(hidden=hidden, activation=source.activation))
 
 
 def transfer(
@@ -259,7 +274,7 @@ def transfer(
     config = coerce_config(config, TransferConfig)
     assert isinstance(config, TransferConfig)
     source = load_source(config.source)
-    agent = _target_agent(config, source)
+    agent = config.agent or source_agent_config(source)
     train_env, eval_env = make_envs(config.env, config.seed)
     model = build_agent(agent, train_env, seed=config.seed, device=resolve_device(config.device))
     policy = model.policy

@@ -142,3 +142,31 @@ def test_models_with_dropout_save_and_load_with_plain_sb3(tmp_path) -> None:
     for key, value in model.policy.state_dict().items():
         assert torch.equal(value, loaded.policy.state_dict()[key])
     assert not any(isinstance(m, MaskedDropout) for m in loaded.policy.modules())
+
+
+def test_td3_action_squashing_gets_no_dropout() -> None:
+    model = make_agent("td3", "Pendulum-v1", policy={"hidden": [16, 16], "dropout": 0.5})
+    model.policy.set_training_mode(True)
+    actions = model.policy.actor(torch.randn(256, 3))
+    assert actions.abs().max() <= 1.0
+
+
+def test_mask_bank_really_drops_units() -> None:
+    from rltransfer.agents import MaskBank
+
+    model = make_agent(policy={"dropout": 0.5})
+    observations = torch.randn(8, 4)
+    model.policy.set_training_mode(False)
+    plain = model.policy.mlp_extractor.forward_actor(observations)
+    model.policy.set_training_mode(True)
+    with MaskBank(dropout_layers(model.policy), 8, torch.device("cpu")) as bank:
+        bank.use(list(range(8)))
+        masked = model.policy.mlp_extractor.forward_actor(observations)
+        again = model.policy.mlp_extractor.forward_actor(observations)
+    assert not torch.equal(plain, masked) and torch.equal(
+        masked, again
+    )  # masks applied, and the same each time
+
+
+def test_a2c_with_adam_keeps_sb3_eps() -> None:
+    assert make_agent("a2c", optimizer={"name": "adam"}).policy.optimizer.defaults["eps"] == 1e-5

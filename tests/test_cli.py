@@ -78,7 +78,7 @@ def write(tmp_path: Path, name: str, data: dict) -> str:
 
 
 def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
-    base = {"budget": 64, "env": {"id": "rltransfer/CartPole-v1"}}
+    base = {"budget": 64, "env": {"id": "rltransfer/CartPole-v1"}, "eval": {"every": 32}}
     source = tmp_path / "source.zip"
     from stable_baselines3 import PPO
 
@@ -86,6 +86,7 @@ def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
     transfer = {**base, "source": str(source)}
     study = {
         "budget": 64,
+        "eval": {"every": 32},
         "source": {"path": str(source)},
         "targets": [{"id": "rltransfer/CartPoleLongPole-v1"}],
     }

@@ -80,7 +80,7 @@ def test_missing_key_and_bad_yaml(tmp_path) -> None:
 
 def test_overrides_use_dotted_keys(tmp_path) -> None:
     path = tmp_path / "train.yaml"
-    path.write_text("budget: 10\nenv: {id: CartPole-v1}\n")
+    path.write_text("budget: 10\nenv: {id: CartPole-v1}\neval: {every: 5}\n")
     config = load_config(path, TrainConfig, {"agent.optimizer.lr": 0.5, "seed": 3})
     assert config.name == "train" and config.agent.optimizer.lr == 0.5 and config.seed == 3
 
@@ -107,3 +107,27 @@ def test_env_id_and_context_errors(tiny_train) -> None:
     tiny_train["agent"]["hyperparams"] = {}
     with pytest.raises(ConfigError, match="dqn needs Discrete actions"):
         train(tiny_train, progress_bar=False)
+
+
+def test_budget_below_the_evaluation_interval_is_refused(tiny_train) -> None:
+    tiny_train["budget"] = 100
+    with pytest.raises(ConfigError, match=r"`budget` \(100\) is smaller than `eval.every` \(256\)"):
+        parse_config(tiny_train, TrainConfig, "my.yaml")
+
+
+def test_a2c_optimizer_switches_point_to_the_optimizer_section(tiny_train) -> None:
+    tiny_train["agent"] = {"algo": "a2c", "hyperparams": {"use_rms_prop": False}}
+    with pytest.raises(ConfigError, match="set it with `agent.optimizer.name`"):
+        parse_config(tiny_train, TrainConfig, "my.yaml")
+
+
+def test_training_failure_from_a_badly_typed_hyperparameter_is_a_clear_error(tiny_train) -> None:
+    import json
+
+    from rltransfer.training import train
+
+    tiny_train["agent"]["hyperparams"]["n_epochs"] = 2.5
+    with pytest.raises(ConfigError, match="agent.hyperparams"):
+        train(tiny_train, progress_bar=False)
+    record = json.loads((Path(tiny_train["log_root"]) / "tiny-source" / "run.json").read_text())
+    assert record["status"] == "failed" and "TypeError" in record["error"]

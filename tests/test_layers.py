@@ -141,3 +141,34 @@ def test_find_head_on_sb3_policies_and_bad_name() -> None:
     assert policy.action_net.out_features == 3
     with pytest.raises(LayerSelectionError, match="value_nt"):
         replace_head(policy, 3, name="value_nt")
+
+
+def test_unfreezing_deep_inside_a_frozen_parent_keeps_the_rest_frozen_and_in_eval() -> None:
+    model = nn.Sequential(nn.Sequential(nn.Sequential(nn.BatchNorm1d(2), nn.Linear(2, 2)), nn.Linear(2, 2)))
+    freeze(model, "0")
+    unfreeze(model, "0.0.1")
+    model.train()
+    assert model[0][0][0].training is False and not model[0][0][0].weight.requires_grad
+    assert model[0][1].training is False and not model[0][1].weight.requires_grad
+    assert model[0][0][1].training is True and model[0][0][1].weight.requires_grad
+
+
+def test_selecting_every_child_does_not_freeze_the_parents_own_parameters() -> None:
+    class WithScale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(2))
+            self.lin = nn.Linear(2, 2)
+
+    model = nn.Sequential(WithScale())
+    assert freeze(model, "0.lin") == ["0.lin"]
+    assert model[0].scale.requires_grad
+
+
+def test_frozen_models_still_pickle(tmp_path) -> None:
+    model = small_cnn()
+    freeze(model, "up_to:1")
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    loaded.train()
+    assert loaded[1].training is False and loaded[5].training is True

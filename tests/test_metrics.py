@@ -63,3 +63,20 @@ def test_negative_transfer_is_flagged() -> None:
     better = strategy_metrics([seed_metrics(s, fast, slow, threshold=475, budget=40) for s in range(4)])
     assert not better.negative_transfer and better.summary["speedup"].median == 4.0
     assert better.as_dict()["summary"]["speedup"]["median"] == 4.0
+
+
+def test_both_at_threshold_from_the_start_is_no_speed_up() -> None:
+    flat = [(0, 500.0), (10, 500.0)]
+    assert seed_metrics(0, flat, flat, threshold=475, budget=10).speedup == 1.0
+
+
+def test_evaluations_past_the_budget_do_not_count() -> None:
+    late = [(0, 10.0), (10, 20.0), (12, 500.0)]  # SB3 finished a rollout past the budget of 10
+    reach = time_to_threshold(late, 475, budget=10)
+    assert reach.censored and reach.first == 10
+
+
+def test_one_seed_gets_no_verdict() -> None:
+    slow = [(0, 10.0), (10, 20.0), (20, 480.0)]
+    fast = [(0, 10.0), (10, 480.0), (20, 500.0)]
+    assert not strategy_metrics([seed_metrics(0, slow, fast, threshold=475, budget=20)]).negative_transfer

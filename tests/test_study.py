@@ -137,3 +137,12 @@ def test_bad_studies_are_rejected_before_any_run(study, change, error, expected)
         run_study(parse_config(study, StudyConfig, "study.yaml"), workers=1)
     assert expected in str(raised.value)
     assert not Path(study["log_root"]).exists()
+
+
+def test_a_changed_source_invalidates_stored_transfer_results(study, capsys) -> None:
+    run_study(study, workers=1)
+    study["source"]["seed"] = 5  # another source agent: every transfer run must run again, scratch need not
+    capsys.readouterr()
+    run_study(study, workers=1)
+    out = capsys.readouterr().out
+    assert "Source: training" in out and "Resuming: 2 of 6 runs already finished." in out

@@ -82,7 +82,7 @@ def test_mismatched_spaces_reinitialise_only_mismatched_layers(tmp_path) -> None
 def test_reinit_forces_a_fresh_head(tmp_path, tiny_transfer) -> None:
     path, source_state = plain_sb3_source(tmp_path)
     agent = {"algo": "ppo", "hyperparams": {"n_steps": 16, "batch_size": 64}, "policy": {"hidden": [16, 16]}}
-    tiny_transfer.update(source=path, reinit=["action_net"], budget=64, agent=agent)
+    tiny_transfer.update(source=path, reinit=["action_net"], budget=256, agent=agent)
     result = rltransfer.transfer(tiny_transfer, progress_bar=False, verbose=False)
     assert result.mapping.reinitialised["action_net"]["reason"] == "asked"
 
@@ -189,3 +189,37 @@ def test_two_phase_finetuning_unfreezes_after_the_given_step(tmp_path, tiny_tran
     )
     frozen = EventAccumulator(str(result.run_dir)).Reload().Scalars("params/frozen")
     assert frozen[0].value > 0 and frozen[-1].value == 0
+
+
+def test_plain_a2c_zip_keeps_its_algorithm_and_activation(tmp_path) -> None:
+    from stable_baselines3 import A2C
+
+    from rltransfer.transfers import source_agent_config
+
+    A2C(
+        "MlpPolicy",
+        "CartPole-v1",
+        device="cpu",
+        policy_kwargs={"net_arch": [32], "activation_fn": torch.nn.ReLU},
+    ).save(tmp_path / "a2c.zip")
+    agent = source_agent_config(load_source(tmp_path / "a2c.zip"))
+    assert (agent.algo, agent.policy.hidden, agent.policy.activation) == ("a2c", [32], "relu")
+
+
+def test_freezing_the_whole_critic_of_sac_names_the_critic() -> None:
+    from rltransfer.errors import ConfigError
+
+    sac = SAC("MlpPolicy", "Pendulum-v1", seed=0, device="cpu", buffer_size=100)
+    with pytest.raises(ConfigError, match="Every parameter of the critic is frozen"):
+        freeze_agent(sac, ["critic"])
+
+
+def test_written_files_have_the_usual_permissions(tmp_path) -> None:
+    import os
+
+    from rltransfer.io import write_json
+
+    write_json(tmp_path / "x.json", {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask
