@@ -442,8 +442,9 @@ def _execute_all(
     except BaseException:
         # Ctrl-C or another interruption: drop the queued runs and stop the running ones now; the finished runs'
         # results are already stored, so running the study again resumes after them
+        workers_running = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
-        for process in list(getattr(pool, "_processes", {}).values()):
+        for process in workers_running:
             process.terminate()
         raise
     pool.shutdown(wait=True)
