@@ -46,8 +46,8 @@ class EvaluateAndKeepBest(EvalCallback):
     Early stopping is SB3's ``StopTrainingOnNoModelImprovement`` after every evaluation; a threshold stops
     training as soon as the mean evaluation return reaches it (never at step 0). A later evaluation that ties
     with the best replaces the kept model. With ``initial_is_candidate=False`` (training from scratch) the step-0
-    evaluation only starts the curve: an untrained network is never the run's result. The curve (step, mean return, mean length) is kept
-    in ``curve`` and written to ``evaluations.json`` after each evaluation.
+    evaluation only starts the curve: an untrained network is never the run's result. The curve (step, mean
+    return) is kept in ``curve`` and written to ``evaluations.json`` after each evaluation.
     """
 
     def __init__(

@@ -93,10 +93,11 @@ def build_report(plan: StudyPlan, results: dict[str, dict[str, Any]]) -> StudyRe
     }
     table = format_tables(metrics, scratch_summary, plan.thresholds)
     report = StudyReport(plan.study_dir, metrics, scratch_summary, failed, table)
-    _plot(plan, curves, report.curves_png)
+    figure = _figure(plan, curves)
+    _save_png(figure, report.curves_png)
     write_text(report.report_md, _markdown(plan, report))
     write_json(report.report_json, _json(plan, report, results))
-    _tensorboard(plan, curves, report)
+    _tensorboard(plan, curves, report, figure)  # closes the figure
     print(table)
     if failed:
         print(f"{len(failed)} runs failed (re-run the study to retry them):", file=sys.stderr)
@@ -297,18 +298,15 @@ def _figure(plan: StudyPlan, curves: dict[str, dict[str, dict[int, list]]]) -> A
     return figure
 
 
-def _plot(plan: StudyPlan, curves: dict[str, dict[str, dict[int, list]]], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    figure = _figure(plan, curves)
+def _save_png(figure: Any, path: Path) -> None:
     with atomic_path(path, suffix=".png") as tmp:
         figure.savefig(tmp, dpi=110, format="png")
-    plt.close(figure)
 
 
-def _tensorboard(plan: StudyPlan, curves: dict[str, dict[str, dict[int, list]]], report: StudyReport) -> None:
+def _tensorboard(
+    plan: StudyPlan, curves: dict[str, dict[str, dict[int, list]]], report: StudyReport, figure: Any
+) -> None:
     """``summary/<target>/<strategy>``: mean curve over seeds (strategies overlay), metrics, hparams, the plot."""
-    import matplotlib.pyplot as plt
     from torch.utils.tensorboard import SummaryWriter
 
     root = plan.study_dir / "summary"
@@ -356,8 +354,6 @@ def _tensorboard(plan: StudyPlan, curves: dict[str, dict[str, dict[int, list]]],
             )
             writer.close()
     writer = SummaryWriter(str(root / "figures"))
-    figure = _figure(plan, curves)
-    writer.add_figure("study/learning_curves", figure, 0)
+    writer.add_figure("study/learning_curves", figure, 0, close=True)
     writer.add_text("study/report", "\n".join("    " + line for line in report.table.splitlines()), 0)
     writer.close()
-    plt.close(figure)

@@ -28,6 +28,7 @@ from typing import Any
 
 from rltransfer.config import (
     AgentConfig,
+    EnvConfig,
     StudyConfig,
     StudyStrategy,
     TrainConfig,
@@ -164,10 +165,22 @@ def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+def _probe_policy(agent: AgentConfig, env: EnvConfig) -> Any:
+    """An untrained policy for `env`, to check layer names and shapes before any run starts."""
+    from rltransfer.agents import build_agent
+    from rltransfer.environment import make_envs
+
+    train_env, eval_env = make_envs(env, 0)
+    try:
+        return build_agent(agent, train_env, seed=0, device="cpu").policy
+    finally:
+        train_env.close()
+        eval_env.close()
+
+
 def plan_study(config: StudyConfig) -> StudyPlan:
     """Validate the whole study (source, targets, strategies, layer names, mappability) and list its runs."""
-    from rltransfer.agents import build_agent
-    from rltransfer.environment import check_env, make_envs, reward_threshold
+    from rltransfer.environment import check_env, reward_threshold
     from rltransfer.transfers import load_source, map_weights, source_agent_config
 
     study_dir = Path(config.log_root) / config.name
@@ -189,8 +202,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
             },
         )  # type: ignore[assignment]
         agent = config.agent or source_config.agent
-        train_env, _ = make_envs(source_config.env, 0)
-        source_state = build_agent(source_config.agent, train_env, seed=0, device="cpu").policy.state_dict()
+        source_state = _probe_policy(source_config.agent, source_config.env).state_dict()
     else:
         source = load_source(config.source.path)
         source_path = source.path
@@ -213,8 +225,6 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     for index, (target, label) in enumerate(zip(config.targets, labels, strict=True)):
         where = f"targets.{index}"
         env = {"id": target.id, "context": dict(target.context), "n_envs": n_envs}
-        from rltransfer.config import EnvConfig
-
         check_env(EnvConfig(**env), where)
         threshold = config.threshold if config.threshold != "env" else reward_threshold(target.id)
         if threshold is None:
@@ -222,8 +232,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
                 f"`{where}` {target.id} has no reward threshold; set the study's `threshold` to a return."
             )
         thresholds[label] = float(threshold)
-        train_env, _ = make_envs(EnvConfig(**env), 0)
-        policy = build_agent(agent, train_env, seed=0, device="cpu").policy
+        policy = _probe_policy(agent, EnvConfig(**env))
         mapping = map_weights(source_state, policy)
         if not mapping.copied:  # (a strategy may still re-initialise everything on purpose, as a control)
             raise TransferError(
