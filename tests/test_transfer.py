@@ -223,3 +223,52 @@ def test_written_files_have_the_usual_permissions(tmp_path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+class _Payload:
+    """Pickles into a call that creates a file: what a malicious agent file would carry."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_planted_payloads_in_an_agent_file_never_run(tmp_path) -> None:
+    import base64
+    import io
+    import pickle
+    import zipfile
+
+    from rltransfer.errors import TransferError
+
+    path, _ = plain_sb3_source(tmp_path)
+    marker_data, marker_weights = tmp_path / "ran-from-data", tmp_path / "ran-from-weights"
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    data = json.loads(files["data"])
+    data["policy_kwargs"][":serialized:"] = base64.b64encode(
+        pickle.dumps(_Payload(str(marker_data)))
+    ).decode()
+    files["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    source = load_source(
+        path
+    )  # the readable data is parsed as JSON only; the pickled policy_kwargs never run
+    assert source.state_dict and not marker_data.exists()
+
+    buffer = io.BytesIO()
+    torch.save({"mlp_extractor.policy_net.0.weight": _Payload(str(marker_weights))}, buffer)
+    files["policy.pth"] = buffer.getvalue()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    with pytest.raises(TransferError, match="could not be read as plain weights"):
+        load_source(path)
+    assert not marker_weights.exists()
+    control = tmp_path / "ran-when-unpickled"
+    pickle.loads(pickle.dumps(_Payload(str(control))))  # the payload is live: plain unpickling runs it
+    assert control.exists()
