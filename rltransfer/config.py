@@ -145,7 +145,7 @@ class RunConfig(_Section):
     log_root: str = "runs"
     """Folder that holds every run; ``tensorboard --logdir <log_root>`` shows them side by side."""
     budget: int = Field(..., ge=1)
-    """Maximum environment steps."""
+    """Environment steps to train for (SB3 finishes the rollout in progress, so on-policy runs may overshoot)."""
     env: EnvConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
@@ -405,7 +405,7 @@ class StudyConfig(_Section):
     seeds: list[int] | int = 3
     """Seeds (a list, or a count n meaning 0..n-1); run r of every strategy uses seed r."""
     budget: int = Field(..., ge=1)
-    """Environment steps of every run."""
+    """Environment steps of every run; metrics only use evaluations up to this step (SB3 may overshoot it)."""
     n_envs: int | None = Field(None, ge=1)
     """Parallel envs per run; default: the source's."""
     eval: StudyEval = Field(default_factory=StudyEval)
