@@ -79,13 +79,8 @@ def policy_kwargs(agent: AgentConfig) -> dict[str, Any]:
     return result
 
 
-def build_agent(
-    agent: AgentConfig, env: VecEnv, *, seed: int, device: str = "auto", budget: int | None = None
-) -> BaseAlgorithm:
-    """A freshly initialised agent for `env`: network, dropout, optimizer over trainable weights, schedule.
-
-    ``budget`` is only informative here (SB3 computes schedule progress from the ``learn`` call).
-    """
+def build_agent(agent: AgentConfig, env: VecEnv, *, seed: int, device: str = "auto") -> BaseAlgorithm:
+    """A freshly initialised agent for `env`: network, dropout, optimizer over trainable weights, schedule."""
     spec = ALGORITHMS[agent.algo]
     if not isinstance(env.action_space, spec.action_spaces):
         kinds = ", ".join(space.__name__ for space in spec.action_spaces)

@@ -15,10 +15,14 @@ from rltransfer.metrics import (
     MIN_SEEDS,
     StrategyMetrics,
     Summary,
+    area_under_curve,
+    asymptotic_return,
     bootstrap_median,
+    initial_return,
     json_safe,
     seed_metrics,
     strategy_metrics,
+    time_to_threshold,
     within_budget,
 )
 
@@ -112,8 +116,6 @@ def build_report(plan: StudyPlan, results: dict[str, dict[str, Any]]) -> StudyRe
 def _scratch_summary(
     scratch: dict[int, list], threshold: float, budget: int, last: int
 ) -> dict[str, Summary]:
-    from rltransfer.metrics import area_under_curve, asymptotic_return, initial_return, time_to_threshold
-
     values: dict[str, list[float]] = {"initial": [], "asymptotic": [], "auc": [], "time_to_threshold": []}
     for curve in scratch.values():
         values["initial"].append(initial_return(curve))

@@ -167,11 +167,6 @@ def loadable_optimizers(model: BaseAlgorithm) -> Iterator[None]:
             setattr(slot.owner, slot.attribute, current)
 
 
-def policy_state_dict(model: BaseAlgorithm) -> dict[str, torch.Tensor]:
-    """The agent's policy weights, detached copies on the CPU."""
-    return {key: value.detach().cpu().clone() for key, value in model.policy.state_dict().items()}
-
-
 # the output layers of SB3's policies (a container resolves to the last Linear inside it)
 _OUTPUTS = re.compile(r"^(action_net|value_net|actor\.mu|actor\.log_std|q_net\.q_net|critic\.qf\d+)$")
 _EXTRACTORS = re.compile(

@@ -76,7 +76,6 @@ class StudyPlan:
     study_dir: Path
     source_path: Path | None
     source_config: TrainConfig | None
-    agent: AgentConfig
     thresholds: dict[str, float]
     strategies: dict[str, dict[str, Any]]
     runs: list[RunSpec] = field(default_factory=list)
@@ -259,7 +258,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
                         source_id,
                     )
                 )
-    return StudyPlan(config, study_dir, source_path, source_config, agent, thresholds, resolved, runs)
+    return StudyPlan(config, study_dir, source_path, source_config, thresholds, resolved, runs)
 
 
 def _run_spec(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ class RunResult:
     curve: list[dict[str, float]]
     stop_reason: str
     seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def load_best(self, device: str = "auto") -> BaseAlgorithm:
         """Load the best model with plain SB3."""
@@ -180,9 +179,3 @@ def run_training(
     )
     write_json(run_dir / "run.json", record)
     return result
-
-
-def result_dict(result: RunResult) -> dict[str, Any]:
-    """A JSON-ready view of a result."""
-    data = asdict(result)
-    return {key: str(value) if isinstance(value, Path) else value for key, value in data.items()}

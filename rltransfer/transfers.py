@@ -20,6 +20,7 @@ from torch import nn
 
 from rltransfer.config import AgentConfig, PolicyConfig, TransferConfig, load_yaml, parse_agent
 from rltransfer.errors import ConfigError, LayerSelectionError, TransferError, short_list
+from rltransfer.io import write_json
 from rltransfer.training import RunResult, coerce_config, run_training
 
 
@@ -334,8 +335,6 @@ def _describe(state: dict[str, torch.Tensor]) -> list[str]:
 
 
 def _record(run_dir: Path, **values: Any) -> None:
-    from rltransfer.io import write_json
-
     path = run_dir / "run.json"
     record = json.loads(path.read_text(encoding="utf-8"))
     record.update(values)
