@@ -1,0 +1,321 @@
+"""Image classifiers for transfer: torchvision architectures by name, a small built-in CNN, weights from a file or
+torchvision's registry, and a head (plus auxiliary heads) replaced for the target's classes."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rltransfer.errors import ConfigError, TransferError, did_you_mean, short_list
+from rltransfer.heads import find_head, replace_head
+
+SMALL_CNN = "small_cnn"
+# architectures tested with every head layout they have; any other torchvision classification model also works
+TESTED_ARCHITECTURES: tuple[str, ...] = (
+    "resnet18",
+    "resnet50",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "vit_b_16",
+    "inception_v3",
+    "googlenet",
+)
+# auxiliary classifiers torchvision attaches to intermediate layers (they only answer in training mode)
+AUX_HEADS: tuple[str, ...] = ("AuxLogits.fc", "aux1.fc2", "aux2.fc2")
+AUX_LOSS_WEIGHT = {"AuxLogits.fc": 0.4, "aux1.fc2": 0.3, "aux2.fc2": 0.3}
+# the smallest input each architecture accepts (inception_v3 and vit_b_16 have fixed needs)
+MIN_INPUT = {"inception_v3": 299, "vit_b_16": 224, "vit_b_32": 224, "vit_l_16": 224, "vit_l_32": 224}
+MODEL_FILE = "model.pt"
+SPEC_FILE = "model.json"
+
+
+def require_torchvision() -> Any:
+    """Import torchvision, or explain which extra installs it."""
+    try:
+        import torchvision
+    except ImportError:
+        raise ConfigError(
+            "Image transfer needs torchvision, which is not installed. Install the vision extra: "
+            "pip install 'rltransfer[vision]' (or pip install torchvision matching your torch)."
+        ) from None
+    return torchvision
+
+
+class SmallCNN(nn.Module):
+    """A three-block CNN for small images (the offline digits demo): ``features`` -> ``pool`` -> ``fc``."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
+
+        self.features = nn.Sequential(
+            *block(in_channels, width),
+            *block(width, width),
+            nn.MaxPool2d(2),
+            *block(width, 2 * width),
+        )
+        # a 2x2 grid keeps where the strokes are, which global pooling would lose on tiny images
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.fc = nn.Linear(8 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)))
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a trained classifier from plain data (no pickled code): saved as model.json."""
+
+    arch: str
+    num_classes: int
+    classes: list[str]
+    in_channels: int = 3
+    image_size: int = 224
+    mean: list[float] = field(default_factory=lambda: [0.0])
+    std: list[float] = field(default_factory=lambda: [1.0])
+    dropout: float = 0.0
+    head: str = ""
+    aux_heads: list[str] = field(default_factory=list)
+
+
+def list_architectures() -> list[str]:
+    """Names ``model.arch`` accepts: the built-in small CNN and torchvision's classification models."""
+    torchvision = require_torchvision()
+    return [SMALL_CNN, *torchvision.models.list_models(module=torchvision.models)]
+
+
+def build_architecture(arch: str, in_channels: int = 3) -> nn.Module:
+    """A randomly initialised network of the named architecture with its original head (1000 ImageNet classes)."""
+    if arch == SMALL_CNN:
+        return SmallCNN(in_channels=in_channels)
+    torchvision = require_torchvision()
+    names = torchvision.models.list_models(module=torchvision.models)
+    if arch not in names:
+        raise ConfigError(
+            f"`model.arch`: unknown architecture `{arch}`{did_you_mean(arch, names + [SMALL_CNN])}. Use "
+            f"{SMALL_CNN} or a torchvision classification model: {short_list(names, 25)}."
+        )
+    if in_channels != 3:
+        raise ConfigError(
+            f"`model.arch`: {arch} takes 3-channel images but the data has {in_channels}. Set "
+            "`data.channels: 3` (grey images are repeated over the three channels)."
+        )
+    kwargs: dict[str, Any] = {}
+    if arch in ("inception_v3", "googlenet"):
+        kwargs = {"aux_logits": True, "init_weights": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torchvision.models.get_model(arch, weights=None, **kwargs)
+
+
+def load_weights(model: nn.Module, arch: str, weights: str) -> None:
+    """Load ``weights`` into a freshly built ``arch``: a torchvision weight name (downloaded once into torch's
+    cache, so it needs internet the first time), a ``.pt``/``.pth`` state dict, or an rltransfer image run."""
+    path = Path(weights)
+    if path.is_dir() or path.suffix in (".pt", ".pth", ".bin") or path.exists():
+        state = read_state_dict(path, arch)
+    else:
+        state = _registry_state(arch, weights)
+    missing, unexpected, wrong = _compare(model, state)
+    if missing or unexpected or wrong:
+        details = "; ".join(
+            part
+            for part in (
+                f"missing {short_list(missing, 5)}" if missing else "",
+                f"unexpected {short_list(unexpected, 5)}" if unexpected else "",
+                f"other shapes {short_list(wrong, 5)}" if wrong else "",
+            )
+            if part
+        )
+        raise TransferError(
+            f"The weights in {weights} do not fit a {arch}: {details}. They were saved from another architecture "
+            "(or another input channel count); set `model.arch` to the architecture they came from."
+        )
+    model.load_state_dict(state)
+
+
+def read_state_dict(path: Path, arch: str | None = None) -> dict[str, torch.Tensor]:
+    """A state dict from a file or run directory, read with PyTorch's weights-only loader (no code runs)."""
+    if path.is_dir():
+        spec = read_spec(path)
+        if arch is not None and spec.arch != arch:
+            raise TransferError(
+                f"{path} holds a {spec.arch}, not a {arch}. Set `model.arch: {spec.arch}` to transfer from it."
+            )
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise TransferError(f"Weights file {path} does not exist. Check the path in `model.weights`.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for truncated, foreign or pickled-code files
+        raise TransferError(
+            f"Cannot read weights from {path}: {str(error).splitlines()[0]}. The file is truncated or is not a "
+            "plain state dict of tensors (files that need unpickling code are refused)."
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TransferError(f"{path} does not hold a state dict (a mapping of names to tensors).")
+    return state
+
+
+def _registry_state(arch: str, weights: str) -> dict[str, torch.Tensor]:
+    if arch == SMALL_CNN:
+        raise ConfigError(
+            f"`model.weights`: {weights} is neither a file nor a run directory (the small CNN has no published "
+            "weights). Give the path to a model.pt or to an rltransfer image run."
+        )
+    torchvision = require_torchvision()
+    enum = torchvision.models.get_model_weights(arch)
+    names = ["DEFAULT", *(member.name for member in enum)]
+    if weights not in names:
+        raise ConfigError(
+            f"`model.weights`: `{weights}` is not a file, a run directory or a torchvision weight of {arch}"
+            f"{did_you_mean(weights, names)}. Its weights: {', '.join(names)}."
+        )
+    try:
+        return enum[weights].get_state_dict(progress=False)
+    except Exception as error:
+        raise TransferError(
+            f"Could not fetch torchvision's {arch} weights {weights}: {error}. They download once into "
+            "torch's cache; without internet, copy the .pth file here and give its path in `model.weights`."
+        ) from None
+
+
+def _compare(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    own = model.state_dict()
+    missing = [key for key in own if key not in state]
+    unexpected = [key for key in state if key not in own]
+    wrong = [key for key in own if key in state and tuple(state[key].shape) != tuple(own[key].shape)]
+    return missing, unexpected, wrong
+
+
+def head_names(model: nn.Module) -> tuple[str, list[str]]:
+    """The main output layer's name and the names of the auxiliary heads present in the model."""
+    modules = dict(model.named_modules())
+    head = find_head(model)
+    return head, [name for name in AUX_HEADS if isinstance(modules.get(name), nn.Linear)]
+
+
+def set_classes(
+    model: nn.Module, num_classes: int, dropout: float = 0.0, example_input: torch.Tensor | None = None
+) -> tuple[str, list[str]]:
+    """Replace the head (and every auxiliary head) with fresh layers for ``num_classes``; with ``dropout`` > 0 the
+    main head becomes ``Sequential(dropout, linear)`` under the same name. Checks the output with a dummy forward
+    in both modes when ``example_input`` is given. Returns (head name, auxiliary head names)."""
+    head, aux = head_names(model)
+    for name in aux:
+        replace_head(model, num_classes, name=name)
+    linear = replace_head(model, num_classes, name=head)
+    if dropout > 0:
+        parent_name, _, child = head.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, nn.Sequential(OrderedDict(dropout=nn.Dropout(dropout), linear=linear)))
+    if example_input is not None:
+        check_outputs(model, num_classes, example_input, aux)
+    return head, aux
+
+
+def check_outputs(model: nn.Module, num_classes: int, example: torch.Tensor, aux: list[str]) -> None:
+    """Dummy forward in eval and training mode: every output (auxiliary ones included) must have `num_classes`."""
+    was_training = model.training
+    try:
+        for mode in (False, True):
+            model.train(mode)
+            with torch.no_grad():
+                outputs = model(example)
+            logits, aux_logits = split_outputs(outputs)
+            shapes = [tuple(t.shape) for t in [logits, *aux_logits]]
+            if any(shape[-1] != num_classes for shape in shapes) or (mode and len(aux_logits) != len(aux)):
+                raise TransferError(
+                    f"After replacing the heads the model outputs {shapes} in "
+                    f"{'training' if mode else 'eval'} mode, not {num_classes} classes per output. Name the "
+                    "head with `model.head`."
+                )
+    finally:
+        model.train(was_training)
+
+
+def split_outputs(outputs: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(main logits, auxiliary logits) from a plain tensor or torchvision's Inception/GoogLeNet output tuples."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs, []
+    if isinstance(outputs, tuple) and outputs and isinstance(outputs[0], torch.Tensor):
+        return outputs[0], [t for t in outputs[1:] if isinstance(t, torch.Tensor)]
+    raise TransferError(f"The model returned a {type(outputs).__name__}, not logits.")
+
+
+def build_classifier(spec: ModelSpec, weights: str | None = None) -> nn.Module:
+    """The architecture of ``spec`` with its heads set to ``spec.num_classes``, optionally from ``weights``
+    (loaded before the heads are replaced, so a source with other classes still transfers its trunk)."""
+    model = build_architecture(spec.arch, spec.in_channels)
+    if weights:
+        source_classes = _source_classes(weights)
+        if source_classes is not None:  # an rltransfer run: its own head layout and class count
+            source = read_spec(Path(weights))
+            set_classes(model, source_classes, source.dropout)
+        load_weights(model, spec.arch, weights)
+    example = torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size)
+    spec.head, spec.aux_heads = set_classes(model, spec.num_classes, spec.dropout, example)
+    return model
+
+
+def _source_classes(weights: str) -> int | None:
+    path = Path(weights)
+    if path.is_dir() and (path / SPEC_FILE).is_file():
+        return read_spec(path).num_classes
+    return None
+
+
+def read_spec(run_dir: Path) -> ModelSpec:
+    """The model.json of a trained image classifier."""
+    spec_path = run_dir / SPEC_FILE
+    if not spec_path.is_file():
+        raise TransferError(
+            f"{run_dir} has no {SPEC_FILE}: it is not a trained rltransfer image model. Give a run directory "
+            "made by `rltransfer image` (or its model/ folder)."
+        )
+    try:
+        data = json.loads(spec_path.read_text(encoding="utf-8"))
+        return ModelSpec(**data)
+    except (ValueError, TypeError) as error:
+        raise TransferError(f"{spec_path} is damaged or from another version: {error}.") from None
+
+
+def spec_dict(spec: ModelSpec) -> dict[str, Any]:
+    """``spec`` as plain JSON-ready data."""
+    return asdict(spec)
+
+
+def load_classifier(path: str | Path, device: str = "cpu") -> tuple[nn.Module, ModelSpec]:
+    """A trained classifier from a model folder (model.json + model.pt) or a run directory, weights-only."""
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    if not (path / SPEC_FILE).is_file() and (path / "model" / SPEC_FILE).is_file():
+        path = path / "model"
+    spec = read_spec(path)
+    model = build_architecture(spec.arch, spec.in_channels)
+    set_classes(model, spec.num_classes, spec.dropout)
+    state = read_state_dict(path / MODEL_FILE)
+    missing, unexpected, wrong = _compare(model, state)
+    if missing or unexpected or wrong:
+        raise TransferError(
+            f"{path / MODEL_FILE} does not match its {SPEC_FILE} ({spec.arch}); the file is damaged."
+        )
+    model.load_state_dict(state)
+    return model.to(device).eval(), spec

@@ -1,0 +1,341 @@
+"""``rltransfer image``: train a source network (optional), transfer it to the target data in stages, compare it
+with a network trained from scratch on the same labels, and write the model, report, plots and TensorBoard logs."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rltransfer.config import dump_config
+from rltransfer.environment import resolve_device
+from rltransfer.io import atomic_path, prepare_run_dir, versions, write_json, write_text
+from rltransfer.vision.cache import FeatureCache
+from rltransfer.vision.config import DataConfig, ImageConfig, StageConfig
+from rltransfer.vision.data import DataError, Preprocessing, TaskData, build_transform, load_task, open_image
+from rltransfer.vision.models import (
+    MODEL_FILE,
+    SPEC_FILE,
+    ModelSpec,
+    build_classifier,
+    load_classifier,
+    spec_dict,
+)
+from rltransfer.vision.training import StageResult, Trainer
+
+
+@dataclass
+class PhaseResult:
+    """One trained network: its stages, test (or validation) accuracy and where it was saved."""
+
+    name: str
+    stages: list[StageResult]
+    accuracy: float
+    evaluated_on: str
+    model_dir: str | None
+    confusion: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class ImageResult:
+    """The outcome of ``rltransfer image``: source, transfer and scratch phases and the run directory."""
+
+    run_dir: Path
+    classes: list[str]
+    transfer: PhaseResult
+    source: PhaseResult | None = None
+    scratch: PhaseResult | None = None
+    cache_hits: int = 0
+    cache_misses: int = 0
+    seconds: float = 0.0
+
+    @property
+    def gain(self) -> float | None:
+        """Transfer accuracy minus scratch accuracy (None without a baseline)."""
+        return None if self.scratch is None else self.transfer.accuracy - self.scratch.accuracy
+
+    def summary(self) -> str:
+        on = self.transfer.evaluated_on
+        lines = [f"{self.run_dir}: transferred model {on} accuracy {self.transfer.accuracy:.3f}"]
+        if self.scratch is not None:
+            lines.append(
+                f"  from scratch on the same labels: {self.scratch.accuracy:.3f} (transfer "
+                f"{'+' if self.gain >= 0 else ''}{self.gain:.3f})"
+            )
+        if self.source is not None:
+            lines.append(f"  source network ({self.source.evaluated_on}): {self.source.accuracy:.3f}")
+        lines.append(f"  model: {self.transfer.model_dir}  ({self.seconds:.1f} s)")
+        return "\n".join(lines)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_image(config: ImageConfig, progress: bool = True, log: Any = print) -> ImageResult:
+    """Run a whole image-transfer config (see :class:`ImageConfig`) and return what it measured."""
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    target = load_task(config.data, config.model.arch, config.seed, "data")
+    source_task = (
+        load_task(config.source.data, config.model.arch, config.seed, "source.data")
+        if config.source
+        else None
+    )
+    run_dir = prepare_run_dir(config.log_root, config.name)
+    write_text(run_dir / "config.yaml", dump_config(config))
+    cache = FeatureCache(Path(config.cache_dir) if config.cache == "disk" else None)
+    log(
+        f"Run directory {run_dir}; device {device}; {len(target.classes)} classes, {len(target.train)} training "
+        f"and {len(target.val)} validation images"
+    )
+
+    weights = config.model.weights
+    source = None
+    if source_task is not None and config.source is not None:
+        seed_everything(config.seed)
+        source = _phase(
+            "source",
+            config,
+            source_task,
+            config.source.data,
+            config.source.stages,
+            weights,
+            device,
+            run_dir,
+            cache,
+            progress,
+            log,
+        )
+        weights = source.model_dir
+    seed_everything(config.seed)
+    transfer = _phase(
+        "transfer", config, target, config.data, config.stages, weights, device, run_dir, cache, progress, log
+    )
+    scratch = None
+    if config.baseline.enabled:
+        seed_everything(config.seed)
+        scratch = _phase(
+            "scratch",
+            config,
+            target,
+            config.data,
+            config.baseline.stages,
+            None,
+            device,
+            run_dir,
+            cache,
+            progress,
+            log,
+            save=False,
+        )
+    result = ImageResult(run_dir, target.classes, transfer, source, scratch, cache.hits, cache.misses)
+    result.seconds = time.perf_counter() - started
+    _report(config, result)
+    return result
+
+
+def _phase(
+    name: str,
+    config: ImageConfig,
+    task: TaskData,
+    data: DataConfig,
+    stages: list[StageConfig],
+    weights: str | None,
+    device: str,
+    run_dir: Path,
+    cache: FeatureCache,
+    progress: bool,
+    log: Any,
+    save: bool = True,
+) -> PhaseResult:
+    from torch.utils.tensorboard import SummaryWriter
+
+    prep = task.preprocessing
+    spec = ModelSpec(
+        arch=config.model.arch,
+        num_classes=len(task.classes),
+        classes=task.classes,
+        in_channels=prep.channels,
+        image_size=prep.image_size,
+        mean=list(prep.mean),
+        std=list(prep.std),
+        dropout=config.model.dropout,
+    )
+    model = build_classifier(spec, weights)
+    writer = SummaryWriter(str(run_dir / name))
+    trainer = Trainer(
+        model=model,
+        heads=[spec.head, *spec.aux_heads],
+        num_classes=spec.num_classes,
+        training=config.training,
+        device=device,
+        prep=prep,
+        batch_size=data.batch_size,
+        workers=data.workers,
+        cache_mode=config.cache,
+        cache=cache,
+        augmenting=data.augment.active(),
+        frozen_batchnorm=config.model.frozen_batchnorm,
+        writer=writer,
+        seed=config.seed,
+        progress=progress,
+        label=name,
+        log=log,
+    )
+    try:
+        results = [trainer.run_stage(stage, task.train, task.val) for stage in stages]
+        evaluated_on = "test" if task.test is not None else "validation"
+        predicted, truth = trainer.predictions(task.test if task.test is not None else task.val)
+        accuracy = float((predicted == truth).float().mean())
+        confusion = confusion_matrix(predicted, truth, len(task.classes))
+        writer.add_scalar(f"{evaluated_on}/accuracy", accuracy, trainer.epoch)
+        figure = confusion_figure(confusion, task.classes, f"{name}: {evaluated_on} accuracy {accuracy:.3f}")
+        with atomic_path(run_dir / f"confusion-{name}.png", suffix=".png") as tmp:
+            figure.savefig(tmp, dpi=100, format="png")
+        writer.add_figure(f"{evaluated_on}/confusion_matrix", figure, trainer.epoch, close=True)
+        writer.add_hparams(
+            {
+                "phase": name,
+                "arch": spec.arch,
+                "weights": str(weights or "random"),
+                "stages": " -> ".join(f"{s.name}[{','.join(s.train)}]@{s.lr:g}" for s in stages),
+                "dropout": config.model.dropout,
+                "optimizer": config.training.optimizer,
+                "weight_decay": config.training.weight_decay,
+                "l1": config.training.l1,
+                "center_loss": config.training.center_loss,
+                "train_images": len(task.train),
+            },
+            {
+                f"hparams/{evaluated_on}_accuracy": accuracy,
+                "hparams/best_val_accuracy": results[-1].best_val_accuracy,
+            },
+            run_name=".",
+        )
+    finally:
+        writer.close()
+    model_dir = None
+    if save:
+        model_dir = run_dir / ("model" if name == "transfer" else f"{name}-model")
+        save_classifier(trainer.model, spec, model_dir)
+    log(f"{name}: {evaluated_on} accuracy {accuracy:.3f}")
+    return PhaseResult(
+        name, results, accuracy, evaluated_on, str(model_dir) if model_dir else None, confusion.tolist()
+    )
+
+
+def save_classifier(model: nn.Module, spec: ModelSpec, folder: Path) -> None:
+    """model.pt (a plain state dict, loadable weights-only) and model.json (how to rebuild it), each atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {key: tensor.detach().cpu() for key, tensor in model.state_dict().items()}
+    with atomic_path(folder / MODEL_FILE, suffix=".pt") as tmp:
+        torch.save(state, tmp)
+    write_json(folder / SPEC_FILE, spec_dict(spec))
+
+
+def confusion_matrix(predicted: torch.Tensor, truth: torch.Tensor, num_classes: int) -> np.ndarray:
+    """counts[true class, predicted class]."""
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (truth.numpy(), predicted.numpy()), 1)
+    return counts
+
+
+def confusion_figure(counts: np.ndarray, classes: list[str], title: str) -> Any:
+    """A matplotlib figure of the confusion matrix (rows: true class, columns: predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(3.5, 0.45 * len(classes) + 2)
+    figure, axes = plt.subplots(figsize=(size, size))
+    axes.imshow(counts, cmap="Blues")
+    ticks = range(len(classes))
+    axes.set_xticks(list(ticks), classes, rotation=90 if len(classes) > 10 else 0)
+    axes.set_yticks(list(ticks), classes)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title, fontsize=9)
+    if len(classes) <= 20:
+        peak = counts.max() or 1
+        for i in ticks:
+            for j in ticks:
+                axes.text(
+                    j,
+                    i,
+                    str(counts[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if counts[i, j] > peak / 2 else "black",
+                )
+    figure.tight_layout()
+    return figure
+
+
+def _report(config: ImageConfig, result: ImageResult) -> None:
+    phases = [p for p in (result.source, result.transfer, result.scratch) if p is not None]
+    data = {
+        "name": config.name,
+        "classes": result.classes,
+        "accuracy": {p.name: p.accuracy for p in phases},
+        "evaluated_on": result.transfer.evaluated_on,
+        "gain_over_scratch": result.gain,
+        "phases": [asdict(p) for p in phases],
+        "cache": {"hits": result.cache_hits, "misses": result.cache_misses},
+        "seconds": round(result.seconds, 2),
+        "versions": versions(),
+    }
+    write_json(result.run_dir / "report.json", data)
+    lines = [
+        f"# Image transfer: {config.name}",
+        "",
+        f"Architecture `{config.model.arch}`, classes "
+        f"{', '.join(result.classes)}; accuracy on the {result.transfer.evaluated_on} set.",
+        "",
+        "| network | accuracy | stages (best epoch / epochs run, best val accuracy, trunk cached) |",
+        "|---|---|---|",
+    ]
+    for phase in phases:
+        stages = "; ".join(
+            f"{s.name}: {s.best_epoch}/{s.epochs_run}, {s.best_val_accuracy:.3f}{', cached' if s.cached else ''}"
+            for s in phase.stages
+        )
+        lines.append(f"| {phase.name} | {phase.accuracy:.3f} | {stages} |")
+    if result.gain is not None:
+        verdict = "transfer beat scratch" if result.gain > 0 else "transfer did NOT beat scratch"
+        lines += ["", f"Transfer minus scratch: {result.gain:+.3f} ({verdict})."]
+    lines += ["", f"Run time {result.seconds:.1f} s. Confusion matrices: confusion-*.png.", ""]
+    write_text(result.run_dir / "report.md", "\n".join(lines))
+    write_json(
+        result.run_dir / "run.json", {"config": config.model_dump(mode="json"), "versions": versions()}
+    )
+
+
+def predict(
+    model_path: str | Path, images: list[str | Path], device: str = "auto"
+) -> list[tuple[str, str, float]]:
+    """(image, predicted class, probability) for each image, with a model saved by ``rltransfer image``."""
+    device = resolve_device(device)
+    model, spec = load_classifier(model_path, device)
+    prep = Preprocessing(spec.image_size, spec.in_channels, tuple(spec.mean), tuple(spec.std))
+    transform = build_transform(prep)
+    rows = []
+    with torch.no_grad():
+        for path in images:
+            if not Path(path).is_file():
+                raise DataError(f"Image {path} does not exist. Check the path.")
+            tensor = transform(open_image(Path(path), spec.in_channels)).unsqueeze(0).to(device)
+            probabilities = torch.softmax(model(tensor), dim=1)[0]
+            best = int(probabilities.argmax())
+            rows.append((str(path), spec.classes[best], float(probabilities[best])))
+    return rows
