@@ -1,4 +1,4 @@
-"""``rltransfer train | transfer | layers | envs``: the command line over the Python API."""
+"""``rltransfer train | transfer | study | image | layers | envs``: the command line over the Python API."""
 
 from __future__ import annotations
 
@@ -67,6 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     study.add_argument("--log-root", dest="log_root", help="folder holding the study (default: runs)")
     study.add_argument("--workers", type=int, help="parallel runs (default: the number of CPU cores)")
+    image = commands.add_parser(
+        "image",
+        help="transfer an image classifier (freeze the trunk, new head, fine-tune) and compare with scratch",
+        description="rltransfer image CONFIG [options]  |  rltransfer image predict MODEL IMAGE...",
+    )
+    image.add_argument("config", help="YAML image config (or a shipped one such as images/digits), or `predict`")
+    image.add_argument("images", nargs="*", help="with `predict`: the model folder (or run directory), then images")
+    image.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)"
+    )
+    image.add_argument("--name", help="run name (the run directory is LOG_ROOT/NAME)")
+    image.add_argument("--seed", type=int)
+    image.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    image.add_argument("--log-root", dest="log_root", help="folder holding every run (default: runs)")
+    image.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     layers = commands.add_parser("layers", help="list an agent's layers (name, type, shapes, trainable)")
     layers.add_argument("agent", help="an rltransfer run directory or an SB3 .zip")
     commands.add_parser("envs", help="list the families of similar games and their context parameters")
@@ -93,6 +108,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "layers":
         return _layers(args.agent)
+    if args.command == "image":
+        return _image(args)
     from rltransfer.config import StudyConfig, TrainConfig, TransferConfig, load_config
 
     if args.command == "study":
@@ -116,6 +133,34 @@ def _dispatch(args: argparse.Namespace) -> int:
         if result.frozen_unchanged is not None:
             state = "bit-identical" if result.frozen_unchanged else "CHANGED (please report this)"
             print(f"Frozen layers after fine-tuning: {state}.")
+    print(result.summary())
+    print(f"TensorBoard: tensorboard --logdir {Path(config.log_root)}")
+    return 0
+
+
+def _image(args: argparse.Namespace) -> int:
+    if args.config == "predict":
+        from rltransfer.vision.pipeline import predict
+
+        if len(args.images) < 2:
+            raise ConfigError(
+                "usage: rltransfer image predict MODEL IMAGE... : give the model folder (or the run directory "
+                "made by `rltransfer image`) and at least one image."
+            )
+        for path, label, probability in predict(args.images[0], args.images[1:], args.device or "auto"):
+            print(f"{path}\t{label}\t{probability:.3f}")
+        return 0
+    if args.images:
+        raise ConfigError(
+            f"rltransfer image takes one config, got extra arguments {args.images}. To classify images use "
+            "`rltransfer image predict MODEL IMAGE...`."
+        )
+    from rltransfer.config import load_config
+    from rltransfer.vision.config import ImageConfig
+    from rltransfer.vision.pipeline import run_image
+
+    config = load_config(resolve_config_path(args.config), ImageConfig, _overrides(args))
+    result = run_image(config, progress=not args.no_progress)
     print(result.summary())
     print(f"TensorBoard: tensorboard --logdir {Path(config.log_root)}")
     return 0

@@ -39,6 +39,8 @@ def test_wheel_top_level_names_and_contents(tmp_path: Path) -> None:
         for path in (REPO / folder).rglob("*"):
             if path.suffix in (".py", ".yaml"):
                 assert f"rltransfer/{path.relative_to(REPO).as_posix()}" in names, path
+    for path in (REPO / "rltransfer").rglob("*.py"):  # subpackages such as rltransfer/vision ship too
+        assert path.relative_to(REPO).as_posix() in names, path
     entry_points = (
         zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     )

@@ -217,17 +217,36 @@ def set_classes(
     """Replace the head (and every auxiliary head) with fresh layers for ``num_classes``; with ``dropout`` > 0 the
     main head becomes ``Sequential(dropout, linear)`` under the same name. Checks the output with a dummy forward
     in both modes when ``example_input`` is given. Returns (head name, auxiliary head names)."""
+    _unwrap_dropout_heads(model)
     head, aux = head_names(model)
     for name in aux:
         replace_head(model, num_classes, name=name)
     linear = replace_head(model, num_classes, name=head)
     if dropout > 0:
-        parent_name, _, child = head.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, nn.Sequential(OrderedDict(dropout=nn.Dropout(dropout), linear=linear)))
+        _set_module(model, head, DropoutHead(dropout, linear))
     if example_input is not None:
         check_outputs(model, num_classes, example_input, aux)
     return head, aux
+
+
+class DropoutHead(nn.Sequential):
+    """The new head with dropout before it: ``dropout`` then ``linear``."""
+
+    def __init__(self, p: float, linear: nn.Linear) -> None:
+        super().__init__(OrderedDict(dropout=nn.Dropout(p), linear=linear))
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def _unwrap_dropout_heads(model: nn.Module) -> None:
+    """Put back the plain Linear of a head wrapped by an earlier ``set_classes`` (a transferred rltransfer model)."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, DropoutHead):
+            _set_module(model, name, module.linear)
 
 
 def check_outputs(model: nn.Module, num_classes: int, example: torch.Tensor, aux: list[str]) -> None:

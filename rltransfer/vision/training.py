@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from rltransfer.errors import ConfigError, LayerSelectionError
+from rltransfer.errors import ConfigError
 from rltransfer.layers import (
     _split_pinned_ancestors,
     _unpin_eval,
@@ -84,12 +84,11 @@ class Monitor:
 
 
 def resolve_selectors(model: nn.Module, selectors: list[str], heads: list[str]) -> list[str]:
-    """Layer selectors with ``head`` standing for the new head(s) and ``*`` for the whole model."""
+    """Layer selectors with ``head`` standing for the new main head (auxiliary heads train when named or with
+    ``*``) and ``*`` for the whole model."""
     if "*" in selectors:
         return [""]
-    patterns: list[str] = []
-    for selector in selectors:
-        patterns += heads if selector == HEAD else [selector]
+    patterns = [heads[0] if selector == HEAD else selector for selector in selectors]
     return select_layers(model, patterns)
 
 
@@ -114,10 +113,15 @@ def configure_stage(
 
 
 def _outside(model: nn.Module, chosen: list[str]) -> list[str]:
-    """Top-most modules containing nothing chosen (walking down only through ancestors of chosen modules)."""
+    """Top-most modules containing nothing chosen (walking down only through ancestors of chosen modules).
+
+    Parameters held directly by those ancestors (ViT's class token, position embedding) are frozen here too."""
     result: list[str] = []
 
     def walk(prefix: str, module: nn.Module) -> None:
+        for param in module.parameters(recurse=False):
+            param.requires_grad_(False)
+            param.grad = None
         for child_name, child in module.named_children():
             name = f"{prefix}.{child_name}" if prefix else child_name
             if name in chosen:
@@ -128,10 +132,6 @@ def _outside(model: nn.Module, chosen: list[str]) -> list[str]:
                 result.append(name)
 
     walk("", model)
-    if any(True for _ in model.parameters(recurse=False)):
-        raise LayerSelectionError(
-            "The model holds parameters directly; wrap them in a submodule to freeze them."
-        )
     return result
 
 

@@ -1,0 +1,146 @@
+"""replace_head / freeze on every listed torchvision architecture (random weights, no download), the small CNN,
+weights files, and frozen BatchNorm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("torchvision", reason="the vision extra is part of the test install (see README)")
+
+from rltransfer import count_parameters, frozen_layers  # noqa: E402
+from rltransfer.errors import ConfigError, TransferError  # noqa: E402
+from rltransfer.vision.config import StageConfig, TrainingConfig  # noqa: E402
+from rltransfer.vision.models import (  # noqa: E402
+    TESTED_ARCHITECTURES,
+    DropoutHead,
+    ModelSpec,
+    build_architecture,
+    build_classifier,
+    set_classes,
+)
+from rltransfer.vision.training import build_stage_optimizer, configure_stage  # noqa: E402
+
+# the smallest inputs that exercise every path (auxiliary heads included) quickly on a CPU
+SIZES = {"inception_v3": 299, "vit_b_16": 224}
+EXPECTED_HEADS = {
+    "resnet18": ("fc", []),
+    "resnet50": ("fc", []),
+    "mobilenet_v3_small": ("classifier.3", []),
+    "efficientnet_b0": ("classifier.1", []),
+    "convnext_tiny": ("classifier.2", []),
+    "vit_b_16": ("heads.head", []),
+    "inception_v3": ("fc", ["AuxLogits.fc"]),
+    "googlenet": ("fc", ["aux1.fc2", "aux2.fc2"]),
+}
+
+
+@pytest.mark.parametrize("arch", TESTED_ARCHITECTURES)
+def test_replace_head_and_freeze_the_trunk(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_architecture(arch)
+    example = torch.randn(2, 3, SIZES.get(arch, 64), SIZES.get(arch, 64))
+    head, aux = set_classes(model, 7, dropout=0.25, example_input=example)
+    assert (head, aux) == EXPECTED_HEADS[arch]
+    assert isinstance(model.get_submodule(head), DropoutHead)
+    for name in aux:
+        assert model.get_submodule(name).out_features == 7
+    configure_stage(model, ["head"], [head, *aux])
+    head_params = sum(p.numel() for p in model.get_submodule(head).parameters())
+    trainable, frozen = count_parameters(model)
+    assert trainable == head_params == model.get_submodule(head).linear.in_features * 7 + 7
+    assert frozen > 0 and f"{head}.linear" not in frozen_layers(model)
+    model.eval()
+    with torch.no_grad():
+        assert model(example).shape == (2, 7)
+    if aux:  # training mode answers with every head, each sized for the new classes
+        model.train()
+        with torch.no_grad():
+            outputs = model(example)
+        assert [tuple(t.shape) for t in outputs if isinstance(t, torch.Tensor)] == [(2, 7)] * (1 + len(aux))
+
+
+def test_unknown_architecture_is_named_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"unknown architecture `resnet81`.*did you mean `resnet18`"):
+        build_architecture("resnet81")
+
+
+def test_weights_for_another_architecture_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "resnet18.pt"
+    torch.save(build_architecture("resnet18").state_dict(), path)
+    spec = ModelSpec(arch="mobilenet_v3_small", num_classes=3, classes=["a", "b", "c"], image_size=64)
+    with pytest.raises(TransferError, match=r"resnet18\.pt do not fit a mobilenet_v3_small.*set `model.arch`"):
+        build_classifier(spec, str(path))
+
+
+def test_weights_from_a_file_load_into_the_trunk(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    source = build_architecture("resnet18")
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    spec = ModelSpec(arch="resnet18", num_classes=4, classes=list("abcd"), image_size=64)
+    model = build_classifier(spec, str(path))
+    assert torch.equal(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    assert model.fc.out_features == 4
+
+
+def test_a_pickled_weights_file_is_refused_not_run(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):  # noqa: ANN204
+            return (Path.touch, (marker,))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"conv.weight": torch.zeros(1), "payload": Payload()}, path)
+    spec = ModelSpec(arch="small_cnn", num_classes=2, classes=["a", "b"], in_channels=1, image_size=8)
+    with pytest.raises(TransferError, match="Cannot read weights"):
+        build_classifier(spec, str(path))
+    assert not marker.exists()
+
+
+def _bn_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        key: value.clone()
+        for key, value in model.state_dict().items()
+        if any(word in key for word in ("running_", "num_batches", "bn", "features.1.", "features.4."))
+    }
+
+
+@pytest.mark.parametrize("policy", ["fixed", "update_stats"])
+def test_frozen_batchnorm_policy(policy: str) -> None:
+    torch.manual_seed(0)
+    model = build_architecture("small_cnn", in_channels=1)
+    head, aux = set_classes(model, 3)
+    configure_stage(model, ["head"], [head], frozen_batchnorm=policy)
+    bn = model.features[1]
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    optimizer = build_stage_optimizer(model, StageConfig(name="head", lr=0.1), TrainingConfig(), [head])
+    model.train()
+    for _ in range(3):
+        loss = nn.functional.cross_entropy(model(torch.randn(8, 1, 8, 8) * 3 + 1), torch.randint(0, 3, (8,)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = bn.state_dict()
+    assert torch.equal(after["weight"], before["weight"]) and torch.equal(after["bias"], before["bias"])
+    stats_same = torch.equal(after["running_mean"], before["running_mean"])
+    assert stats_same if policy == "fixed" else not stats_same
+    assert bn.training is (policy == "update_stats")
+
+
+def test_lr_groups_are_named_in_config_order() -> None:
+    model = build_architecture("small_cnn", in_channels=1)
+    head, _ = set_classes(model, 3)
+    configure_stage(model, ["*"], [head])
+    stage = StageConfig(name="ft", train=["*"], lr=1e-3, lr_groups={"features": 1e-4})
+    optimizer = build_stage_optimizer(model, stage, TrainingConfig(weight_decay=0.01, l1=1e-5), [head])
+    assert [(g["name"], g["lr"]) for g in optimizer.param_groups] == [("features", 1e-4), ("default", 1e-3)]
+    assert all(g["weight_decay"] == 0.01 for g in optimizer.param_groups)
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == count_parameters(model)[0]
+    configure_stage(model, ["head"], [head])
+    with pytest.raises(ConfigError, match=r"`lr_groups.features` selects no trainable layer"):
+        build_stage_optimizer(model, stage, TrainingConfig(), [head])

@@ -1,0 +1,215 @@
+"""Staged training: the bottleneck cache is reused and invalidated correctly, early stopping restores the best
+epoch, the digits demo runs end to end (model, report, TensorBoard, predict) on a tiny budget."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("torchvision", reason="the vision extra is part of the test install (see README)")
+
+from PIL import Image  # noqa: E402
+
+from rltransfer.config import parse_config  # noqa: E402
+from rltransfer.vision import cache as cache_module  # noqa: E402
+from rltransfer.vision.cache import FeatureCache  # noqa: E402
+from rltransfer.vision.config import DataConfig, ImageConfig, StageConfig, TrainingConfig  # noqa: E402
+from rltransfer.vision.data import load_task, preprocessing_for  # noqa: E402
+from rltransfer.vision.models import ModelSpec, build_classifier  # noqa: E402
+from rltransfer.vision.pipeline import run_image  # noqa: E402
+from rltransfer.vision.training import Trainer  # noqa: E402
+
+DIGITS = {"digits": {"classes": [5, 6, 7], "per_class": 10}, "batch_size": 8}
+
+
+def small_model(classes: int = 3, dropout: float = 0.0) -> tuple[torch.nn.Module, ModelSpec]:
+    torch.manual_seed(0)
+    spec = ModelSpec(arch="small_cnn", num_classes=classes, classes=[str(i) for i in range(classes)],
+                     in_channels=1, image_size=8, dropout=dropout)
+    return build_classifier(spec), spec
+
+
+def trainer_for(model: torch.nn.Module, spec: ModelSpec, cache: FeatureCache, **kwargs: object) -> Trainer:
+    data = DataConfig(**DIGITS)
+    return Trainer(model=model, heads=[spec.head], num_classes=spec.num_classes, training=TrainingConfig(),
+                   device="cpu", prep=preprocessing_for(data, "small_cnn"), batch_size=8, cache=cache,
+                   progress=False, log=lambda *_: None, **kwargs)
+
+
+def test_cache_reused_from_memory_and_disk_and_invalidated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    task = load_task(DataConfig(**DIGITS), "small_cnn", seed=0)
+    model, spec = small_model()
+    computed = []
+    real = cache_module.compute_features
+    monkeypatch.setattr(cache_module, "compute_features", lambda *a, **k: computed.append(1) or real(*a, **k))
+    cache = FeatureCache(tmp_path / "cache")
+    first = cache.features(model, [spec.head], task.preprocessing, task.val, "cpu")
+    again = cache.features(model, [spec.head], task.preprocessing, task.val, "cpu")
+    assert (cache.misses, cache.hits, len(computed)) == (1, 1, 1) and again[0] is first[0]
+    fresh = FeatureCache(tmp_path / "cache")  # a later process: served from disk, trunk not run
+    from_disk = fresh.features(model, [spec.head], task.preprocessing, task.val, "cpu")
+    assert (fresh.hits, len(computed)) == (1, 1) and torch.equal(from_disk[0], first[0])
+    head_only = model.fc.weight.data.add_(1.0)  # the head is not part of the key
+    assert fresh.features(model, [spec.head], task.preprocessing, task.val, "cpu")[0] is from_disk[0]
+    del head_only
+    with torch.no_grad():
+        model.features[0].weight[0, 0, 0, 0] += 0.5  # a changed trunk is never served stale features
+    changed = fresh.features(model, [spec.head], task.preprocessing, task.val, "cpu")
+    assert len(computed) == 2 and not torch.equal(changed[0], first[0])
+    other_data = load_task(DataConfig(**{**DIGITS, "digits": {"classes": [5, 6, 7], "per_class": 11}}), "small_cnn", 0)
+    fresh.features(model, [spec.head], task.preprocessing, other_data.val, "cpu")
+    assert len(computed) == 3
+    bigger = preprocessing_for(DataConfig(**DIGITS, image_size=12), "small_cnn")
+    fresh.features(model, [spec.head], bigger, task.val, "cpu")
+    assert len(computed) == 4 and len(list(fresh.files())) == 4
+    victim = next(iter(fresh.files()))
+    victim.write_bytes(victim.read_bytes()[:40])  # a torn file is recomputed, not trusted
+    assert FeatureCache(tmp_path / "cache")._read(victim.stem.removeprefix("features-")) is None
+    assert not victim.exists()
+
+
+def test_edited_image_file_invalidates_the_cache(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(np.full((8, 8), 30 * i + (100 if name == "b" else 0), np.uint8)).save(
+                tmp_path / "data" / name / f"{i}.png")
+    data = DataConfig(folder=str(tmp_path / "data"), image_size=8, channels=1)
+    model, spec = small_model(classes=2)
+    cache = FeatureCache()
+    task = load_task(data, "small_cnn", 0)
+    cache.features(model, [spec.head], task.preprocessing, task.train, "cpu")
+    Image.fromarray(np.full((8, 8), 7, np.uint8)).save(task.train.items[0])
+    cache.features(model, [spec.head], task.preprocessing, load_task(data, "small_cnn", 0).train, "cpu")
+    assert (cache.misses, cache.hits) == (2, 0)
+
+
+def test_head_stage_trains_on_cached_features_and_matches_the_trunk(tmp_path: Path) -> None:
+    task = load_task(DataConfig(**DIGITS), "small_cnn", seed=0)
+    model, spec = small_model(dropout=0.3)
+    trainer = trainer_for(model, spec, FeatureCache(), cache_mode="auto")
+    trunk_before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    result = trainer.run_stage(StageConfig(name="head", epochs=3, patience=None), task.train, task.val)
+    assert result.cached and result.trainable == ["fc"]
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in trunk_before.items())  # BatchNorm statistics included
+    # the cached path scores exactly what the full network scores
+    loader = torch.utils.data.DataLoader(task.val, batch_size=64)
+    assert trainer.evaluate(loader, cached=False)[1] == pytest.approx(result.best_val_accuracy)
+
+
+def test_early_stopping_restores_the_best_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    task = load_task(DataConfig(**DIGITS), "small_cnn", seed=0)
+    model, spec = small_model()
+    trainer = trainer_for(model, spec, FeatureCache(), cache_mode="off")
+    scores = iter([(1.0, 0.4), (0.9, 0.8), (0.8, 0.6), (1.0, 0.8), (0.6, 0.7)])  # (loss, accuracy) per epoch
+    monkeypatch.setattr(trainer, "evaluate", lambda loader, cached=False: next(scores))
+    snapshots = []
+    real_epoch = trainer._train_epoch
+
+    def epoch_then_snapshot(*args: object) -> tuple[float, float]:
+        out = real_epoch(*args)
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return out
+
+    monkeypatch.setattr(trainer, "_train_epoch", epoch_then_snapshot)
+    result = trainer.run_stage(StageConfig(name="all", train=["*"], epochs=10, patience=2, lr=0.01),
+                               task.train, task.val)
+    # epoch 4 ties epoch 2 on accuracy with a higher loss, so epoch 2 stays best; patience 2 stops at epoch 4
+    assert (result.best_epoch, result.epochs_run, result.stopped_early) == (2, 4, True)
+    assert all(torch.equal(v, snapshots[1][k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(v, snapshots[3][k]) for k, v in model.state_dict().items())
+
+
+def tiny_digits_config(tmp_path: Path, **extra: object) -> ImageConfig:
+    from rltransfer.config import load_config, resolve_config_path
+
+    overrides = {
+        "log_root": str(tmp_path / "runs"),
+        "device": "cpu",
+        "source.stages": [{"name": "source", "train": ["*"], "epochs": 2}],
+        "stages": [
+            {"name": "head", "train": ["head"], "epochs": 2, "lr": 0.01},
+            {"name": "finetune", "train": ["*"], "epochs": 2, "lr_groups": {"features": 0.0003}},
+        ],
+        "baseline.stages": [{"name": "scratch", "train": ["*"], "epochs": 2}],
+        "training.center_loss": 0.01,
+        "cache": "disk",
+        "cache_dir": str(tmp_path / "cache"),
+        **extra,
+    }
+    return load_config(resolve_config_path("images/digits"), ImageConfig, overrides)
+
+
+def test_digits_demo_end_to_end(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny_digits_config(tmp_path)
+    result = run_image(config, progress=False, log=lambda *_: None)
+    run = tmp_path / "runs" / "digits"
+    assert result.run_dir == run and result.source is not None and result.scratch is not None
+    assert [s.name for s in result.transfer.stages] == ["head", "finetune"]
+    assert result.transfer.stages[0].cached and not result.transfer.stages[1].cached
+    assert result.transfer.evaluated_on == "test" and 0.0 <= result.transfer.accuracy <= 1.0
+    report = json.loads((run / "report.json").read_text())
+    assert set(report["accuracy"]) == {"source", "transfer", "scratch"}
+    assert "transfer" in (run / "report.md").read_text()
+    for name in ("model/model.pt", "model/model.json", "source-model/model.pt", "confusion-transfer.png",
+                 "config.yaml"):
+        assert (run / name).is_file(), name
+    assert len(list((tmp_path / "cache").glob("features-*.pt"))) == 2  # train and validation features
+    events = EventAccumulator(str(run / "transfer")).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr/default", "lr/features",
+            "test/accuracy"} <= scalars
+    assert "test/confusion_matrix" in events.Tags()["images"]
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+    assert {"hparams/test_accuracy", "hparams/best_val_accuracy"} <= scalars
+    # the lr groups in TensorBoard: the features group ran at its own rate
+    assert events.Scalars("lr/features")[-1].value == pytest.approx(0.0003)
+    # a rerun serves the head stage's features from disk
+    again = run_image(tiny_digits_config(tmp_path, **{"name": "again", "baseline.enabled": False, "source": None,
+                                                        "model.weights": str(run / "source-model")}),
+                      progress=False, log=lambda *_: None)
+    assert again.cache_hits == 2 and again.cache_misses == 0
+
+
+@pytest.mark.slow
+def test_cli_image_and_predict(tmp_path: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = []
+    for digit in (5, 6, 7):
+        path = tmp_path / f"digit{digit}.png"
+        index = int(np.flatnonzero(digits.target == digit)[0])
+        Image.fromarray((digits.images[index] * 255 / 16).astype(np.uint8)).save(path)
+        images.append(str(path))
+    cli = [sys.executable, "-m", "rltransfer.cli"]
+    run = subprocess.run(
+        [*cli, "image", "images/digits", "--log-root", str(tmp_path / "runs"), "--no-progress", "--device", "cpu",
+         "--set", "data.digits.classes=[5,6,7]", "--set", "source.stages=[{name: s, train: ['*'], epochs: 3}]",
+         "--set", "stages=[{name: head, epochs: 3}]", "--set", "baseline.enabled=false"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "transferred model test accuracy" in run.stdout
+    predicted = subprocess.run([*cli, "image", "predict", str(tmp_path / "runs" / "digits"), *images],
+                               capture_output=True, text=True, timeout=120)
+    assert predicted.returncode == 0, predicted.stderr
+    rows = [line.split("\t") for line in predicted.stdout.strip().splitlines()]
+    assert [row[0] for row in rows] == images and all(row[1] in {"5", "6", "7"} for row in rows)
+    missing = subprocess.run([*cli, "image", "predict", str(tmp_path / "runs" / "digits"), "nope.png"],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "Image nope.png does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    unknown = subprocess.run([*cli, "image", "images/digits", "--set", "model.arch=resnet81"],
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert unknown.returncode == 2 and "did you mean `resnet18`" in unknown.stderr
+    assert not (tmp_path / "runs" / "digits.").exists() and "Traceback" not in unknown.stderr
