@@ -46,15 +46,27 @@ def main() -> None:
         make_folder(Path(tmp), args.classes, args.images_per_class, args.size)
         data = DataConfig(folder=tmp, image_size=args.size, batch_size=32)
         task = load_task(data, "resnet18", seed=0)
-        spec = ModelSpec(arch="resnet18", num_classes=len(task.classes), classes=task.classes, image_size=args.size)
+        spec = ModelSpec(
+            arch="resnet18", num_classes=len(task.classes), classes=task.classes, image_size=args.size
+        )
         stage = StageConfig(name="head", train=["head"], epochs=args.epochs, patience=None, lr=1e-3)
         timings = {}
         for mode in ("off", "memory"):
             model = build_classifier(spec)
             cache = FeatureCache()
-            trainer = Trainer(model=model, heads=[spec.head, *spec.aux_heads], num_classes=spec.num_classes,
-                              training=TrainingConfig(), device="cpu", prep=task.preprocessing, batch_size=32,
-                              cache_mode=mode, cache=cache, progress=False, log=lambda *_: None)
+            trainer = Trainer(
+                model=model,
+                heads=[spec.head, *spec.aux_heads],
+                num_classes=spec.num_classes,
+                training=TrainingConfig(),
+                device="cpu",
+                prep=task.preprocessing,
+                batch_size=32,
+                cache_mode=mode,
+                cache=cache,
+                progress=False,
+                log=lambda *_: None,
+            )
             fill = 0.0
             if mode == "memory":
                 started = time.perf_counter()
@@ -66,15 +78,21 @@ def main() -> None:
             timings[mode] = (fill, (time.perf_counter() - started) / args.epochs, result.cached)
     threads = torch.get_num_threads()
     recompute, cached = timings["off"][1], timings["memory"][1]
-    print(f"resnet18 head-only, {len(task.train)} train + {len(task.val)} val images at {args.size}px, "
-          f"{args.epochs} epochs, CPU ({threads} threads)")
+    print(
+        f"resnet18 head-only, {len(task.train)} train + {len(task.val)} val images at {args.size}px, "
+        f"{args.epochs} epochs, CPU ({threads} threads)"
+    )
     print(f"  recomputing the frozen trunk: {recompute:.3f} s per epoch")
-    print(f"  cached bottlenecks:           {cached:.4f} s per epoch (+ {timings['memory'][0]:.2f} s once to fill)")
+    print(
+        f"  cached bottlenecks:           {cached:.4f} s per epoch (+ {timings['memory'][0]:.2f} s once to fill)"
+    )
     print(f"  speed-up per epoch: {recompute / cached:.0f}x")
     for epochs in (10, 30):
         total_cached = timings["memory"][0] + epochs * cached
-        print(f"  a {epochs}-epoch head stage: {epochs * recompute:.1f} s recomputing vs {total_cached:.1f} s cached "
-              f"({epochs * recompute / total_cached:.1f}x)")
+        print(
+            f"  a {epochs}-epoch head stage: {epochs * recompute:.1f} s recomputing vs {total_cached:.1f} s cached "
+            f"({epochs * recompute / total_cached:.1f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """rltransfer: train a source agent, transfer it to similar games, and measure whether it paid.
 
 The freeze / replace-head core works on any ``torch.nn.Module``; the RL layer stands on Stable-Baselines3 and
-gymnasium. Importing rltransfer registers its game families (``rltransfer/CartPoleLongPole-v1``...) with gymnasium;
+gymnasium, image transfer (``run_image``) on torchvision. Importing rltransfer registers its game families (``rltransfer/CartPoleLongPole-v1``...) with gymnasium;
 the SB3-based parts load on first use.
 """
 
@@ -45,6 +45,14 @@ _LAZY = {
     "run_study": "rltransfer.study",
     "StudyConfig": "rltransfer.config",
     "unfreeze_agent": "rltransfer.sb3",
+    "run_image": "rltransfer.vision",
+    "ImageConfig": "rltransfer.vision",
+    "ImageResult": "rltransfer.vision",
+    "predict": "rltransfer.vision",
+    "build_classifier": "rltransfer.vision",
+    "load_classifier": "rltransfer.vision",
+    "set_classes": "rltransfer.vision",
+    "ModelSpec": "rltransfer.vision",
 }
 
 __all__ = [

@@ -72,8 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="transfer an image classifier (freeze the trunk, new head, fine-tune) and compare with scratch",
         description="rltransfer image CONFIG [options]  |  rltransfer image predict MODEL IMAGE...",
     )
-    image.add_argument("config", help="YAML image config (or a shipped one such as images/digits), or `predict`")
-    image.add_argument("images", nargs="*", help="with `predict`: the model folder (or run directory), then images")
+    image.add_argument(
+        "config", help="YAML image config (or a shipped one such as images/digits), or `predict`"
+    )
+    image.add_argument(
+        "images", nargs="*", help="with `predict`: the model folder (or run directory), then images"
+    )
     image.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)"
     )

@@ -21,6 +21,11 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 )
 def test_shipped_configs_validate(path: Path) -> None:
     data = yaml.safe_load(path.read_text())
+    if path.parent.name == "images":
+        from rltransfer.vision.config import ImageConfig
+
+        assert load_config(path, ImageConfig).stages
+        return
     model = StudyConfig if "targets" in data else TransferConfig if "source" in data else TrainConfig
     config = load_config(path, model)
     assert config.budget > 0

@@ -56,8 +56,13 @@ def test_split_is_stratified_seeded_and_disjoint() -> None:
 def test_folder_task_with_test_folder(tmp_path: Path) -> None:
     make_folder(tmp_path / "train", {"cat": 10, "dog": 10})
     make_folder(tmp_path / "test", {"cat": 3, "dog": 3}, seed=1)
-    data = DataConfig(folder=str(tmp_path / "train"), test_folder=str(tmp_path / "test"), image_size=16,
-                      val_fraction=0.3, augment={"crop_scale": [0.5, 1.0], "hflip": True, "brightness": 0.2})
+    data = DataConfig(
+        folder=str(tmp_path / "train"),
+        test_folder=str(tmp_path / "test"),
+        image_size=16,
+        val_fraction=0.3,
+        augment={"crop_scale": [0.5, 1.0], "hflip": True, "brightness": 0.2},
+    )
     task = load_task(data, "small_cnn", seed=0)
     assert task.classes == ["cat", "dog"]
     assert (len(task.train), len(task.val), len(task.test)) == (14, 6, 6)
@@ -67,16 +72,23 @@ def test_folder_task_with_test_folder(tmp_path: Path) -> None:
 
 BAD_INPUTS = {
     "empty class": ("Class folder .*dog holds no usable image", lambda root: (root / "dog").mkdir()),
-    "non-image file": (r"notes\.txt is not an image", lambda root: (root / "cat" / "notes.txt").write_text("hi")),
-    "corrupt image": (r"broken\.png is corrupt or truncated.*skip_corrupt",
-                      lambda root: (root / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")),
+    "non-image file": (
+        r"notes\.txt is not an image",
+        lambda root: (root / "cat" / "notes.txt").write_text("hi"),
+    ),
+    "corrupt image": (
+        r"broken\.png is corrupt or truncated.*skip_corrupt",
+        lambda root: (root / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really"),
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_folders_are_clear_errors_and_write_nothing(tmp_path: Path, case: str) -> None:
     message, spoil = BAD_INPUTS[case]
-    root = make_folder(tmp_path / "data", {"cat": 4, "dog": 4} if case != "empty class" else {"cat": 4, "bird": 4})
+    root = make_folder(
+        tmp_path / "data", {"cat": 4, "dog": 4} if case != "empty class" else {"cat": 4, "bird": 4}
+    )
     spoil(root)
     config = folder_config(tmp_path, folder=str(root))
     with pytest.raises(DataError, match=message):
@@ -113,7 +125,9 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         folder_config(tmp_path)
     with pytest.raises(ConfigError, match=r"`data.val_fraction` is invalid"):
         folder_config(tmp_path, folder="x", val_fraction=0.5)
-    with pytest.raises(ConfigError, match=r"`data.augment.hflipp` is not a known setting \(did you mean `hflip`"):
+    with pytest.raises(
+        ConfigError, match=r"`data.augment.hflipp` is not a known setting \(did you mean `hflip`"
+    ):
         folder_config(tmp_path, folder="x", augment={"hflipp": True})
     with pytest.raises(ConfigError, match="saturation and hue jitter need colour images"):
         load_task(DataConfig(digits={"classes": [1, 2]}, augment={"saturation": 0.2}), "small_cnn", 0)

@@ -72,7 +72,9 @@ def test_weights_for_another_architecture_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "resnet18.pt"
     torch.save(build_architecture("resnet18").state_dict(), path)
     spec = ModelSpec(arch="mobilenet_v3_small", num_classes=3, classes=["a", "b", "c"], image_size=64)
-    with pytest.raises(TransferError, match=r"resnet18\.pt do not fit a mobilenet_v3_small.*set `model.arch`"):
+    with pytest.raises(
+        TransferError, match=r"resnet18\.pt do not fit a mobilenet_v3_small.*set `model.arch`"
+    ):
         build_classifier(spec, str(path))
 
 

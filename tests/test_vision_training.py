@@ -16,7 +16,6 @@ pytest.importorskip("torchvision", reason="the vision extra is part of the test 
 
 from PIL import Image  # noqa: E402
 
-from rltransfer.config import parse_config  # noqa: E402
 from rltransfer.vision import cache as cache_module  # noqa: E402
 from rltransfer.vision.cache import FeatureCache  # noqa: E402
 from rltransfer.vision.config import DataConfig, ImageConfig, StageConfig, TrainingConfig  # noqa: E402
@@ -30,19 +29,37 @@ DIGITS = {"digits": {"classes": [5, 6, 7], "per_class": 10}, "batch_size": 8}
 
 def small_model(classes: int = 3, dropout: float = 0.0) -> tuple[torch.nn.Module, ModelSpec]:
     torch.manual_seed(0)
-    spec = ModelSpec(arch="small_cnn", num_classes=classes, classes=[str(i) for i in range(classes)],
-                     in_channels=1, image_size=8, dropout=dropout)
+    spec = ModelSpec(
+        arch="small_cnn",
+        num_classes=classes,
+        classes=[str(i) for i in range(classes)],
+        in_channels=1,
+        image_size=8,
+        dropout=dropout,
+    )
     return build_classifier(spec), spec
 
 
 def trainer_for(model: torch.nn.Module, spec: ModelSpec, cache: FeatureCache, **kwargs: object) -> Trainer:
     data = DataConfig(**DIGITS)
-    return Trainer(model=model, heads=[spec.head], num_classes=spec.num_classes, training=TrainingConfig(),
-                   device="cpu", prep=preprocessing_for(data, "small_cnn"), batch_size=8, cache=cache,
-                   progress=False, log=lambda *_: None, **kwargs)
+    return Trainer(
+        model=model,
+        heads=[spec.head],
+        num_classes=spec.num_classes,
+        training=TrainingConfig(),
+        device="cpu",
+        prep=preprocessing_for(data, "small_cnn"),
+        batch_size=8,
+        cache=cache,
+        progress=False,
+        log=lambda *_: None,
+        **kwargs,
+    )
 
 
-def test_cache_reused_from_memory_and_disk_and_invalidated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_reused_from_memory_and_disk_and_invalidated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     task = load_task(DataConfig(**DIGITS), "small_cnn", seed=0)
     model, spec = small_model()
     computed = []
@@ -62,7 +79,9 @@ def test_cache_reused_from_memory_and_disk_and_invalidated(tmp_path: Path, monke
         model.features[0].weight[0, 0, 0, 0] += 0.5  # a changed trunk is never served stale features
     changed = fresh.features(model, [spec.head], task.preprocessing, task.val, "cpu")
     assert len(computed) == 2 and not torch.equal(changed[0], first[0])
-    other_data = load_task(DataConfig(**{**DIGITS, "digits": {"classes": [5, 6, 7], "per_class": 11}}), "small_cnn", 0)
+    other_data = load_task(
+        DataConfig(**{**DIGITS, "digits": {"classes": [5, 6, 7], "per_class": 11}}), "small_cnn", 0
+    )
     fresh.features(model, [spec.head], task.preprocessing, other_data.val, "cpu")
     assert len(computed) == 3
     bigger = preprocessing_for(DataConfig(**DIGITS, image_size=12), "small_cnn")
@@ -79,7 +98,8 @@ def test_edited_image_file_invalidates_the_cache(tmp_path: Path) -> None:
         (tmp_path / "data" / name).mkdir(parents=True)
         for i in range(5):
             Image.fromarray(np.full((8, 8), 30 * i + (100 if name == "b" else 0), np.uint8)).save(
-                tmp_path / "data" / name / f"{i}.png")
+                tmp_path / "data" / name / f"{i}.png"
+            )
     data = DataConfig(folder=str(tmp_path / "data"), image_size=8, channels=1)
     model, spec = small_model(classes=2)
     cache = FeatureCache()
@@ -119,8 +139,9 @@ def test_early_stopping_restores_the_best_epoch(monkeypatch: pytest.MonkeyPatch)
         return out
 
     monkeypatch.setattr(trainer, "_train_epoch", epoch_then_snapshot)
-    result = trainer.run_stage(StageConfig(name="all", train=["*"], epochs=10, patience=2, lr=0.01),
-                               task.train, task.val)
+    result = trainer.run_stage(
+        StageConfig(name="all", train=["*"], epochs=10, patience=2, lr=0.01), task.train, task.val
+    )
     # epoch 4 ties epoch 2 on accuracy with a higher loss, so epoch 2 stays best; patience 2 stops at epoch 4
     assert (result.best_epoch, result.epochs_run, result.stopped_early) == (2, 4, True)
     assert all(torch.equal(v, snapshots[1][k]) for k, v in model.state_dict().items())
@@ -160,23 +181,45 @@ def test_digits_demo_end_to_end(tmp_path: Path) -> None:
     report = json.loads((run / "report.json").read_text())
     assert set(report["accuracy"]) == {"source", "transfer", "scratch"}
     assert "transfer" in (run / "report.md").read_text()
-    for name in ("model/model.pt", "model/model.json", "source-model/model.pt", "confusion-transfer.png",
-                 "config.yaml"):
+    for name in (
+        "model/model.pt",
+        "model/model.json",
+        "source-model/model.pt",
+        "confusion-transfer.png",
+        "config.yaml",
+    ):
         assert (run / name).is_file(), name
     assert len(list((tmp_path / "cache").glob("features-*.pt"))) == 2  # train and validation features
     events = EventAccumulator(str(run / "transfer")).Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr/default", "lr/features",
-            "test/accuracy"} <= scalars
+    assert {
+        "loss/train",
+        "loss/val",
+        "accuracy/train",
+        "accuracy/val",
+        "lr/default",
+        "lr/features",
+        "test/accuracy",
+    } <= scalars
     assert "test/confusion_matrix" in events.Tags()["images"]
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
     assert {"hparams/test_accuracy", "hparams/best_val_accuracy"} <= scalars
     # the lr groups in TensorBoard: the features group ran at its own rate
     assert events.Scalars("lr/features")[-1].value == pytest.approx(0.0003)
     # a rerun serves the head stage's features from disk
-    again = run_image(tiny_digits_config(tmp_path, **{"name": "again", "baseline.enabled": False, "source": None,
-                                                        "model.weights": str(run / "source-model")}),
-                      progress=False, log=lambda *_: None)
+    again = run_image(
+        tiny_digits_config(
+            tmp_path,
+            **{
+                "name": "again",
+                "baseline.enabled": False,
+                "source": None,
+                "model.weights": str(run / "source-model"),
+            },
+        ),
+        progress=False,
+        log=lambda *_: None,
+    )
     assert again.cache_hits == 2 and again.cache_misses == 0
 
 
@@ -193,23 +236,86 @@ def test_cli_image_and_predict(tmp_path: Path) -> None:
         images.append(str(path))
     cli = [sys.executable, "-m", "rltransfer.cli"]
     run = subprocess.run(
-        [*cli, "image", "images/digits", "--log-root", str(tmp_path / "runs"), "--no-progress", "--device", "cpu",
-         "--set", "data.digits.classes=[5,6,7]", "--set", "source.stages=[{name: s, train: ['*'], epochs: 3}]",
-         "--set", "stages=[{name: head, epochs: 3}]", "--set", "baseline.enabled=false"],
-        capture_output=True, text=True, timeout=300,
+        [
+            *cli,
+            "image",
+            "images/digits",
+            "--log-root",
+            str(tmp_path / "runs"),
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--set",
+            "data.digits.classes=[5,6,7]",
+            "--set",
+            "source.stages=[{name: s, train: ['*'], epochs: 3}]",
+            "--set",
+            "stages=[{name: head, epochs: 3}]",
+            "--set",
+            "baseline.enabled=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     assert "transferred model test accuracy" in run.stdout
-    predicted = subprocess.run([*cli, "image", "predict", str(tmp_path / "runs" / "digits"), *images],
-                               capture_output=True, text=True, timeout=120)
+    predicted = subprocess.run(
+        [*cli, "image", "predict", str(tmp_path / "runs" / "digits"), *images],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert predicted.returncode == 0, predicted.stderr
     rows = [line.split("\t") for line in predicted.stdout.strip().splitlines()]
     assert [row[0] for row in rows] == images and all(row[1] in {"5", "6", "7"} for row in rows)
-    missing = subprocess.run([*cli, "image", "predict", str(tmp_path / "runs" / "digits"), "nope.png"],
-                             capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [*cli, "image", "predict", str(tmp_path / "runs" / "digits"), "nope.png"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and "Image nope.png does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
-    unknown = subprocess.run([*cli, "image", "images/digits", "--set", "model.arch=resnet81"],
-                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    unknown = subprocess.run(
+        [*cli, "image", "images/digits", "--set", "model.arch=resnet81"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert unknown.returncode == 2 and "did you mean `resnet18`" in unknown.stderr
     assert not (tmp_path / "runs" / "digits.").exists() and "Traceback" not in unknown.stderr
+
+
+def test_folder_config_with_resnet18_runs_on_an_image_folder(tmp_path: Path) -> None:
+    from rltransfer.config import load_config, resolve_config_path
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 10), ("test", 3)):
+        for index, name in enumerate(("cat", "dog")):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(rng.normal(80 + 90 * index, 40, (40, 40, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / name / f"{i}.jpg")
+    overrides = {
+        "log_root": str(tmp_path / "runs"),
+        "device": "cpu",
+        "model.weights": None,
+        "data.image_size": 32,
+        "data.folder": str(tmp_path / "train"),
+        "data.test_folder": str(tmp_path / "test"),
+        "data.batch_size": 8,
+        "stages": [
+            {"name": "head", "train": ["head"], "epochs": 2},
+            {"name": "finetune", "train": ["layer4", "head"], "epochs": 1, "lr_groups": {"layer4": 1e-5}},
+        ],
+        "baseline.stages": [{"name": "scratch", "train": ["*"], "epochs": 1}],
+    }
+    config = load_config(resolve_config_path("images/folder"), ImageConfig, overrides)
+    result = run_image(config, progress=False, log=lambda *_: None)
+    head, finetune = result.transfer.stages
+    # augmentation is on, so `cache: memory` trains the head on un-augmented cached features
+    assert head.cached and head.trainable == ["fc"] and not finetune.cached
+    assert finetune.trainable == ["layer4", "fc"] and result.transfer.evaluated_on == "test"
+    assert len(result.transfer.confusion) == 2 and sum(map(sum, result.transfer.confusion)) == 6

@@ -70,6 +70,7 @@ def build_transform(
     conversion, channel count and normalisation."""
     require_torchvision()
     from torchvision.transforms import v2
+
     augment = augment if augment is not None and augment.active() else None
     steps: list[Any] = [v2.ToImage()]
     if augment is not None and augment.crop_scale:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rltransfer.config import dump_config
+from rltransfer.config import dump_config, load_config, parse_config, resolve_config_path
 from rltransfer.environment import resolve_device
 from rltransfer.io import atomic_path, prepare_run_dir, versions, write_json, write_text
 from rltransfer.vision.cache import FeatureCache
@@ -80,9 +80,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_image(config: ImageConfig, progress: bool = True, log: Any = print) -> ImageResult:
-    """Run a whole image-transfer config (see :class:`ImageConfig`) and return what it measured."""
+def run_image(
+    config: ImageConfig | str | Path | dict[str, Any], progress: bool = True, log: Any = print
+) -> ImageResult:
+    """Run a whole image-transfer config (an :class:`ImageConfig`, a YAML path or shipped name such as
+    ``images/digits``, or a mapping) and return what it measured."""
     started = time.perf_counter()
+    if isinstance(config, dict):
+        config = parse_config(config, ImageConfig)
+    elif isinstance(config, (str, Path)):
+        config = load_config(resolve_config_path(str(config)), ImageConfig)
     device = resolve_device(config.device)
     target = load_task(config.data, config.model.arch, config.seed, "data")
     source_task = (
