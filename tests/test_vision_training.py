@@ -277,15 +277,18 @@ def test_cli_image_and_predict(tmp_path: Path) -> None:
     )
     assert missing.returncode == 2 and "Image nope.png does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
     unknown = subprocess.run(
         [*cli, "image", "images/digits", "--set", "model.arch=resnet81"],
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=tmp_path,
+        cwd=fresh,
     )
     assert unknown.returncode == 2 and "did you mean `resnet18`" in unknown.stderr
-    assert not (tmp_path / "runs" / "digits.").exists() and "Traceback" not in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    assert list(fresh.iterdir()) == []  # the model is checked before the run directory is made
 
 
 def test_folder_config_with_resnet18_runs_on_an_image_folder(tmp_path: Path) -> None:
@@ -319,3 +322,70 @@ def test_folder_config_with_resnet18_runs_on_an_image_folder(tmp_path: Path) -> 
     assert head.cached and head.trainable == ["fc"] and not finetune.cached
     assert finetune.trainable == ["layer4", "fc"] and result.transfer.evaluated_on == "test"
     assert len(result.transfer.confusion) == 2 and sum(map(sum, result.transfer.confusion)) == 6
+
+
+class TinyNet(torch.nn.Module):
+    """A user's own module: rltransfer finds its last Linear as the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU())
+        self.out = torch.nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x))
+
+
+def test_a_users_own_module_transfers_and_reloads(tmp_path: Path) -> None:
+    from rltransfer.errors import TransferError
+    from rltransfer.vision.models import load_classifier
+    from rltransfer.vision.pipeline import predict
+
+    config = {
+        "name": "own",
+        "log_root": str(tmp_path / "runs"),
+        "device": "cpu",
+        "source": {
+            "data": {"digits": {"classes": [0, 1, 2]}},
+            "stages": [{"name": "s", "train": ["*"], "epochs": 3}],
+        },
+        "data": {"digits": {"classes": [3, 4], "per_class": 10}},
+        "stages": [{"name": "head", "train": ["head"], "epochs": 2}],
+        "baseline": {"stages": [{"name": "scratch", "train": ["*"], "epochs": 1}]},
+    }
+    torch.manual_seed(0)
+    net = TinyNet()
+    result = run_image(config, progress=False, log=lambda *_: None, model=net)
+    assert result.transfer.stages[0].trainable == ["out"] and result.transfer.stages[0].cached
+    source = torch.load(tmp_path / "runs/own/source-model/model.pt", weights_only=True)
+    target = torch.load(tmp_path / "runs/own/model/model.pt", weights_only=True)
+    assert torch.equal(
+        source["body.1.weight"], target["body.1.weight"]
+    )  # trunk copied, frozen in the head stage
+    assert source["out.weight"].shape == (3, 32) and target["out.weight"].shape == (2, 32)
+    assert not torch.equal(net.body[1].weight, source["body.1.weight"])  # the caller's module is left alone
+    with pytest.raises(TransferError, match="trained from your own module TinyNet"):
+        load_classifier(tmp_path / "runs/own")
+    model, spec = load_classifier(tmp_path / "runs/own", module=TinyNet())
+    assert spec.classes == ["3", "4"] and torch.equal(model.out.weight, target["out.weight"])
+    image = tmp_path / "three.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    assert predict(tmp_path / "runs/own", [image], "cpu", module=TinyNet())[0][1] in {"3", "4"}
+
+
+def test_center_loss_pulls_features_to_their_class_centers() -> None:
+    from rltransfer.vision.training import CenterLoss
+
+    torch.manual_seed(0)
+    features = torch.randn(60, 4) + torch.repeat_interleave(torch.eye(3, 4) * 5, 20, dim=0)
+    labels = torch.arange(3).repeat_interleave(20)
+    loss = CenterLoss(3, 4)
+    optimizer = torch.optim.SGD(loss.parameters(), lr=0.5)
+    start = loss(features, labels).item()
+    for _ in range(50):
+        optimizer.zero_grad()
+        loss(features, labels).backward()
+        optimizer.step()
+    assert loss(features, labels).item() < start / 5
+    class_means = torch.stack([features[labels == c].mean(0) for c in range(3)])
+    assert torch.allclose(loss.centers.detach(), class_means, atol=0.05)

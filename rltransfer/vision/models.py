@@ -3,6 +3,7 @@ torchvision's registry, and a head (plus auxiliary heads) replaced for the targe
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from collections import OrderedDict
@@ -17,6 +18,7 @@ from rltransfer.errors import ConfigError, TransferError, did_you_mean, short_li
 from rltransfer.heads import find_head, replace_head
 
 SMALL_CNN = "small_cnn"
+CUSTOM = "custom:"  # spec.arch prefix of a model trained from the user's own nn.Module
 # architectures tested with every head layout they have; any other torchvision classification model also works
 TESTED_ARCHITECTURES: tuple[str, ...] = (
     "resnet18",
@@ -320,15 +322,59 @@ def spec_dict(spec: ModelSpec) -> dict[str, Any]:
     return asdict(spec)
 
 
-def load_classifier(path: str | Path, device: str = "cpu") -> tuple[nn.Module, ModelSpec]:
-    """A trained classifier from a model folder (model.json + model.pt) or a run directory, weights-only."""
+def reset_parameters(model: nn.Module) -> None:
+    """Re-initialise every submodule that knows how (``reset_parameters``), as PyTorch does at construction."""
+    for module in model.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+
+
+def adopt_module(custom: nn.Module, spec: ModelSpec, weights: str | None, fresh: bool = False) -> nn.Module:
+    """A copy of the user's module: re-initialised (``fresh``), or with ``weights`` from a state dict or an earlier
+    run of the same module, its heads then set for ``spec``'s classes."""
+    model = copy.deepcopy(custom)
+    if fresh:
+        reset_parameters(model)
+    elif weights:
+        path = Path(weights)
+        if (path / SPEC_FILE).is_file():
+            source = read_spec(path)
+            set_classes(model, source.num_classes, source.dropout)
+        state = read_state_dict(path)
+        missing, unexpected, wrong = _compare(model, state)
+        if missing or unexpected or wrong:
+            raise TransferError(
+                f"The weights in {weights} do not fit this {type(custom).__name__}: missing "
+                f"{short_list(missing, 5) or 'none'}, unexpected {short_list(unexpected, 5) or 'none'}, other "
+                f"shapes {short_list(wrong, 5) or 'none'}."
+            )
+        model.load_state_dict(state)
+    example = torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size)
+    spec.head, spec.aux_heads = set_classes(model, spec.num_classes, spec.dropout, example)
+    return model
+
+
+def load_classifier(
+    path: str | Path, device: str = "cpu", module: nn.Module | None = None
+) -> tuple[nn.Module, ModelSpec]:
+    """A trained classifier from a model folder (model.json + model.pt) or a run directory, weights-only.
+    A model trained from your own ``nn.Module`` needs ``module``, an instance of that class."""
     path = Path(path)
     if path.is_file():
         path = path.parent
     if not (path / SPEC_FILE).is_file() and (path / "model" / SPEC_FILE).is_file():
         path = path / "model"
     spec = read_spec(path)
-    model = build_architecture(spec.arch, spec.in_channels)
+    if spec.arch.startswith(CUSTOM):
+        if module is None:
+            raise TransferError(
+                f"{path} was trained from your own module {spec.arch[len(CUSTOM) :]}, which a file cannot "
+                "rebuild safely. Load it from Python: load_classifier(path, module=YourModule(...))."
+            )
+        model = copy.deepcopy(module)
+    else:
+        model = build_architecture(spec.arch, spec.in_channels)
     set_classes(model, spec.num_classes, spec.dropout)
     state = read_state_dict(path / MODEL_FILE)
     missing, unexpected, wrong = _compare(model, state)

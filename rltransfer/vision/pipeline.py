@@ -20,9 +20,11 @@ from rltransfer.vision.cache import FeatureCache
 from rltransfer.vision.config import DataConfig, ImageConfig, StageConfig
 from rltransfer.vision.data import DataError, Preprocessing, TaskData, build_transform, load_task, open_image
 from rltransfer.vision.models import (
+    CUSTOM,
     MODEL_FILE,
     SPEC_FILE,
     ModelSpec,
+    adopt_module,
     build_classifier,
     load_classifier,
     spec_dict,
@@ -81,10 +83,16 @@ def seed_everything(seed: int) -> None:
 
 
 def run_image(
-    config: ImageConfig | str | Path | dict[str, Any], progress: bool = True, log: Any = print
+    config: ImageConfig | str | Path | dict[str, Any],
+    progress: bool = True,
+    log: Any = print,
+    model: nn.Module | None = None,
 ) -> ImageResult:
     """Run a whole image-transfer config (an :class:`ImageConfig`, a YAML path or shipped name such as
-    ``images/digits``, or a mapping) and return what it measured."""
+    ``images/digits``, or a mapping) and return what it measured.
+
+    ``model`` replaces ``model.arch`` with your own ``nn.Module`` (its head is found and replaced like a
+    torchvision model's; the scratch baseline is a copy with every parameter re-initialised)."""
     started = time.perf_counter()
     if isinstance(config, dict):
         config = parse_config(config, ImageConfig)
@@ -97,6 +105,9 @@ def run_image(
         if config.source
         else None
     )
+    # the first network is built before anything is written: a bad architecture or weights file stops here
+    seed_everything(config.seed)
+    first = _network(config, source_task or target, config.model.weights, model)
     run_dir = prepare_run_dir(config.log_root, config.name)
     write_text(run_dir / "config.yaml", dump_config(config))
     cache = FeatureCache(Path(config.cache_dir) if config.cache == "disk" else None)
@@ -104,71 +115,43 @@ def run_image(
         f"Run directory {run_dir}; device {device}; {len(target.classes)} classes, {len(target.train)} training "
         f"and {len(target.val)} validation images"
     )
-
-    weights = config.model.weights
+    context = _Context(config, device, run_dir, cache, progress, log)
     source = None
     if source_task is not None and config.source is not None:
+        source = _phase(context, "source", source_task, config.source.data, config.source.stages, first)
         seed_everything(config.seed)
-        source = _phase(
-            "source",
-            config,
-            source_task,
-            config.source.data,
-            config.source.stages,
-            weights,
-            device,
-            run_dir,
-            cache,
-            progress,
-            log,
-        )
-        weights = source.model_dir
-    seed_everything(config.seed)
-    transfer = _phase(
-        "transfer", config, target, config.data, config.stages, weights, device, run_dir, cache, progress, log
-    )
+        first = _network(config, target, source.model_dir, model)
+    transfer = _phase(context, "transfer", target, config.data, config.stages, first)
     scratch = None
     if config.baseline.enabled:
         seed_everything(config.seed)
-        scratch = _phase(
-            "scratch",
-            config,
-            target,
-            config.data,
-            config.baseline.stages,
-            None,
-            device,
-            run_dir,
-            cache,
-            progress,
-            log,
-            save=False,
-        )
+        fresh = _network(config, target, None, model, fresh=True)
+        scratch = _phase(context, "scratch", target, config.data, config.baseline.stages, fresh, save=False)
     result = ImageResult(run_dir, target.classes, transfer, source, scratch, cache.hits, cache.misses)
     result.seconds = time.perf_counter() - started
     _report(config, result)
     return result
 
 
-def _phase(
-    name: str,
-    config: ImageConfig,
-    task: TaskData,
-    data: DataConfig,
-    stages: list[StageConfig],
-    weights: str | None,
-    device: str,
-    run_dir: Path,
-    cache: FeatureCache,
-    progress: bool,
-    log: Any,
-    save: bool = True,
-) -> PhaseResult:
-    from torch.utils.tensorboard import SummaryWriter
+@dataclass
+class _Context:
+    """What every phase of one run shares."""
 
+    config: ImageConfig
+    device: str
+    run_dir: Path
+    cache: FeatureCache
+    progress: bool
+    log: Any
+
+
+def _network(
+    config: ImageConfig, task: TaskData, weights: str | None, custom: nn.Module | None, fresh: bool = False
+) -> tuple[nn.Module, ModelSpec, str | None]:
+    """(model with heads for the task's classes, its spec, where its weights came from)."""
     prep = task.preprocessing
     spec = ModelSpec(
-        arch=config.model.arch,
+        arch=config.model.arch if custom is None else f"{CUSTOM}{type(custom).__name__}",
         num_classes=len(task.classes),
         classes=task.classes,
         in_channels=prep.channels,
@@ -177,7 +160,27 @@ def _phase(
         std=list(prep.std),
         dropout=config.model.dropout,
     )
-    model = build_classifier(spec, weights)
+    if custom is None:
+        return build_classifier(spec, weights), spec, weights
+    model = adopt_module(custom, spec, weights, fresh)
+    return model, spec, weights if weights else ("random" if fresh else "as given")
+
+
+def _phase(
+    context: _Context,
+    name: str,
+    task: TaskData,
+    data: DataConfig,
+    stages: list[StageConfig],
+    network: tuple[nn.Module, ModelSpec, str | None],
+    save: bool = True,
+) -> PhaseResult:
+    from torch.utils.tensorboard import SummaryWriter
+
+    config, device, run_dir, cache = context.config, context.device, context.run_dir, context.cache
+    progress, log = context.progress, context.log
+    model, spec, weights = network
+    prep = task.preprocessing
     writer = SummaryWriter(str(run_dir / name))
     trainer = Trainer(
         model=model,
@@ -329,11 +332,12 @@ def _report(config: ImageConfig, result: ImageResult) -> None:
 
 
 def predict(
-    model_path: str | Path, images: list[str | Path], device: str = "auto"
+    model_path: str | Path, images: list[str | Path], device: str = "auto", module: nn.Module | None = None
 ) -> list[tuple[str, str, float]]:
-    """(image, predicted class, probability) for each image, with a model saved by ``rltransfer image``."""
+    """(image, predicted class, probability) for each image, with a model saved by ``rltransfer image``
+    (``module``: an instance of your class, for a model trained from your own ``nn.Module``)."""
     device = resolve_device(device)
-    model, spec = load_classifier(model_path, device)
+    model, spec = load_classifier(model_path, device, module)
     prep = Preprocessing(spec.image_size, spec.in_channels, tuple(spec.mean), tuple(spec.std))
     transform = build_transform(prep)
     rows = []
