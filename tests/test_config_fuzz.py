@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rltransfer.config import StudyConfig, TrainConfig, TransferConfig, load_config, parse_config
 from rltransfer.errors import ConfigError
+from rltransfer.vision.config import ImageConfig
+
+DIGITS = yaml.safe_load(
+    (Path(__file__).resolve().parents[1] / "configs" / "images" / "digits.yaml").read_text()
+)
 
 KEYS = [
     "name",
@@ -40,6 +47,26 @@ KEYS = [
     "bogus",
     "pi",
     "vf",
+    # image configs
+    "model",
+    "arch",
+    "weights",
+    "data",
+    "digits",
+    "classes",
+    "per_class",
+    "folder",
+    "augment",
+    "crop_scale",
+    "stages",
+    "train",
+    "epochs",
+    "lr_groups",
+    "schedule",
+    "baseline",
+    "cache",
+    "training",
+    "center_loss",
 ]
 scalars = st.one_of(
     st.none(),
@@ -61,7 +88,7 @@ FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 
 
 @FAST
-@given(configs, st.sampled_from([TrainConfig, TransferConfig, StudyConfig]))
+@given(configs, st.sampled_from([TrainConfig, TransferConfig, StudyConfig, ImageConfig]))
 def test_random_mappings_are_accepted_or_clearly_rejected(data, model) -> None:
     try:
         parse_config(data, model, "fuzz.yaml")
@@ -91,3 +118,34 @@ def test_yaml_round_trip_of_random_configs(data) -> None:
         parse_config(yaml.safe_load(text) or {}, TrainConfig, "fuzz.yaml")
     except ConfigError:
         pass
+
+
+def _paths(node: object, prefix: tuple = ()) -> list[tuple]:
+    if isinstance(node, dict):
+        return [prefix] + [p for key, value in node.items() for p in _paths(value, (*prefix, key))]
+    if isinstance(node, list):
+        return [prefix] + [p for i, value in enumerate(node) for p in _paths(value, (*prefix, i))]
+    return [prefix]
+
+
+DIGITS_PATHS = [path for path in _paths(DIGITS) if path]
+
+
+@FAST
+@given(st.lists(st.tuples(st.sampled_from(DIGITS_PATHS), values), min_size=1, max_size=3))
+def test_mutated_image_configs_are_accepted_or_clearly_rejected(changes) -> None:
+    import copy
+
+    data = copy.deepcopy(DIGITS)
+    for path, value in changes:
+        node = data
+        try:
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier change removed this path
+    try:
+        parse_config(data, ImageConfig, "digits.yaml")
+    except ConfigError as error:
+        assert str(error).startswith("digits.yaml") and "\n" not in str(error)
