@@ -12,6 +12,7 @@ import yaml
 
 from rltransfer.config import resolve_config_path
 from rltransfer.errors import ConfigError, RLTransferError
+from rltransfer.interrupt import Interrupted
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="rltransfer image CONFIG [options]  |  rltransfer image predict MODEL IMAGE...",
     )
     image.add_argument(
-        "config", help="YAML image config (or a shipped one such as images/digits), or `predict`"
+        "config", nargs="?", help="YAML image config (or a shipped one such as images/digits), or `predict`"
     )
     image.add_argument(
         "images", nargs="*", help="with `predict`: the model folder (or run directory), then images"
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     image.add_argument("--log-root", dest="log_root", help="folder holding every run (default: runs)")
     image.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    image.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
     layers = commands.add_parser("layers", help="list an agent's layers (name, type, shapes, trainable)")
     layers.add_argument("agent", help="an rltransfer run directory or an SB3 .zip")
     commands.add_parser("envs", help="list the families of similar games and their context parameters")
@@ -96,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
+    except Interrupted as stop:
+        print(f"rltransfer: {stop}", file=sys.stderr)
+        return stop.exit_code
     except RLTransferError as error:
         print(f"rltransfer: error: {error}", file=sys.stderr)
         return 2
@@ -163,10 +168,21 @@ def _image(args: argparse.Namespace) -> int:
     from rltransfer.vision.config import ImageConfig
     from rltransfer.vision.pipeline import run_image
 
-    config = load_config(resolve_config_path(args.config), ImageConfig, _overrides(args))
-    result = run_image(config, progress=not args.no_progress)
+    if args.resume:
+        if args.config or _overrides(args):
+            raise ConfigError(
+                "--resume continues a run with its own saved config; give only --resume RUN_DIR (and --no-progress)."
+            )
+        result = run_image(resume=args.resume, progress=not args.no_progress)
+        log_root = result.run_dir.parent
+    else:
+        if not args.config:
+            raise ConfigError("rltransfer image needs a CONFIG (e.g. images/digits) or --resume RUN_DIR.")
+        config = load_config(resolve_config_path(args.config), ImageConfig, _overrides(args))
+        result = run_image(config, progress=not args.no_progress)
+        log_root = Path(config.log_root)
     print(result.summary())
-    print(f"TensorBoard: tensorboard --logdir {Path(config.log_root)}")
+    print(f"TensorBoard: tensorboard --logdir {log_root}")
     return 0
 
 

@@ -36,3 +36,7 @@ def short_list(names: Iterable[str], limit: int = 40) -> str:
     names = list(names)
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+class NumericalError(RLTransferError):
+    """A loss or parameter became NaN or infinite; training stopped and the last good checkpoint was kept."""

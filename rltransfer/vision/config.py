@@ -195,6 +195,9 @@ class ImageConfig(_Section):
     """Bottleneck features for head-only stages: ``auto`` caches in memory when the trunk is frozen and no
     augmentation changes its input; ``memory``/``disk`` also cache when augmenting (on un-augmented images);
     ``off`` always recomputes the trunk."""
+    checkpoint_seconds: float = Field(60.0, ge=0.0)
+    """Save a resumable checkpoint (checkpoint.pt) at most this often, at epoch ends; stage ends and Ctrl-C /
+    SIGTERM always save one. 0: after every epoch."""
     cache_dir: str = ".rltransfer-cache"
     """Folder of the disk cache (files are keyed by trunk weights, preprocessing and data)."""
 

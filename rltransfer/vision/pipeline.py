@@ -3,7 +3,9 @@ with a network trained from scratch on the same labels, and write the model, rep
 
 from __future__ import annotations
 
+import json
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +17,8 @@ from torch import nn
 
 from rltransfer.config import dump_config, load_config, parse_config, resolve_config_path
 from rltransfer.environment import resolve_device
+from rltransfer.errors import ConfigError
+from rltransfer.interrupt import Interrupted, stop_on_signals
 from rltransfer.io import atomic_path, prepare_run_dir, versions, write_json, write_text
 from rltransfer.vision.cache import FeatureCache
 from rltransfer.vision.config import DataConfig, ImageConfig, StageConfig
@@ -29,7 +33,7 @@ from rltransfer.vision.models import (
     load_classifier,
     spec_dict,
 )
-from rltransfer.vision.training import StageResult, Trainer
+from rltransfer.vision.training import StageResult, StopForSignal, Trainer
 
 
 @dataclass
@@ -83,21 +87,33 @@ def seed_everything(seed: int) -> None:
 
 
 def run_image(
-    config: ImageConfig | str | Path | dict[str, Any],
+    config: ImageConfig | str | Path | dict[str, Any] | None = None,
     progress: bool = True,
     log: Any = print,
     model: nn.Module | None = None,
+    resume: str | Path | None = None,
 ) -> ImageResult:
     """Run a whole image-transfer config (an :class:`ImageConfig`, a YAML path or shipped name such as
     ``images/digits``, or a mapping) and return what it measured.
 
     ``model`` replaces ``model.arch`` with your own ``nn.Module`` (its head is found and replaced like a
-    torchvision model's; the scratch baseline is a copy with every parameter re-initialised)."""
+    torchvision model's; the scratch baseline is a copy with every parameter re-initialised). ``resume`` continues
+    an interrupted run from its directory's checkpoint (its own config.yaml; ``config`` is then ignored).
+    Ctrl-C or SIGTERM saves a checkpoint at the end of the current epoch and raises :class:`Interrupted`."""
     started = time.perf_counter()
-    if isinstance(config, dict):
+    checkpoint: dict[str, Any] | None = None
+    if resume is not None:
+        run_dir = Path(resume)
+        checkpoint = read_checkpoint(run_dir)
+        config = load_config(run_dir / "config.yaml", ImageConfig)
+    elif isinstance(config, dict):
         config = parse_config(config, ImageConfig)
     elif isinstance(config, (str, Path)):
         config = load_config(resolve_config_path(str(config)), ImageConfig)
+    if not isinstance(config, ImageConfig):
+        raise ConfigError(
+            "run_image needs a config (an ImageConfig, a YAML path or a mapping) or resume=RUN_DIR."
+        )
     device = resolve_device(config.device)
     target = load_task(config.data, config.model.arch, config.seed, "data")
     source_task = (
@@ -105,32 +121,125 @@ def run_image(
         if config.source
         else None
     )
-    # the first network is built before anything is written: a bad architecture or weights file stops here
-    seed_everything(config.seed)
-    first = _network(config, source_task or target, config.model.weights, model)
-    run_dir = prepare_run_dir(config.log_root, config.name)
-    write_text(run_dir / "config.yaml", dump_config(config))
+    done: dict[str, PhaseResult] = {}
+    if checkpoint is not None:
+        done = {name: phase_from_dict(item) for name, item in checkpoint["done"].items()}
+    else:
+        # the first network is built before anything is written: a bad architecture or weights file stops here
+        seed_everything(config.seed)
+        first = _network(config, source_task or target, config.model.weights, model)
+        run_dir = prepare_run_dir(config.log_root, config.name)
+        write_text(run_dir / "config.yaml", dump_config(config))
     cache = FeatureCache(Path(config.cache_dir) if config.cache == "disk" else None)
     log(
         f"Run directory {run_dir}; device {device}; {len(target.classes)} classes, {len(target.train)} training "
         f"and {len(target.val)} validation images"
+        + (f"; resuming {checkpoint['phase']}" if checkpoint else "")
     )
-    context = _Context(config, device, run_dir, cache, progress, log)
-    source = None
+    context = _Context(config, device, run_dir, cache, progress, log, done)
+    record = {"kind": "image", "status": "running", "command": sys.argv, "versions": versions()}
+    write_json(run_dir / "run.json", record)
+    plan: list[
+        tuple[str, TaskData, DataConfig, list[StageConfig], bool]
+    ] = []  # name, data, stages, save model
     if source_task is not None and config.source is not None:
-        source = _phase(context, "source", source_task, config.source.data, config.source.stages, first)
-        seed_everything(config.seed)
-        first = _network(config, target, source.model_dir, model)
-    transfer = _phase(context, "transfer", target, config.data, config.stages, first)
-    scratch = None
+        plan.append(("source", source_task, config.source.data, config.source.stages, True))
+    plan.append(("transfer", target, config.data, config.stages, True))
     if config.baseline.enabled:
-        seed_everything(config.seed)
-        fresh = _network(config, target, None, model, fresh=True)
-        scratch = _phase(context, "scratch", target, config.data, config.baseline.stages, fresh, save=False)
-    result = ImageResult(run_dir, target.classes, transfer, source, scratch, cache.hits, cache.misses)
+        plan.append(("scratch", target, config.data, config.baseline.stages, False))
+    try:
+        with stop_on_signals():
+            for position, (name, task, data, stages, save) in enumerate(plan):
+                if name in done:
+                    continue
+                state = (
+                    checkpoint["state"] if checkpoint is not None and checkpoint["phase"] == name else None
+                )
+                if position > 0 or checkpoint is not None:  # the first phase's network was built above
+                    seed_everything(config.seed)
+                    if name == "scratch":
+                        first = _network(config, task, None, model, fresh=True)
+                    elif name == "transfer" and "source" in done:
+                        first = _network(config, task, done["source"].model_dir, model)
+                    else:
+                        first = _network(config, task, config.model.weights, model)
+                done[name] = _phase(context, name, task, data, stages, first, save, state)
+                _write_checkpoint(context, name, None)
+    except StopForSignal as stop:
+        record.update(status="interrupted", signal=stop.signum)
+        write_json(run_dir / "run.json", record)
+        raise Interrupted(stop.signum, run_dir, "image", stop.detail) from None
+    except BaseException as error:
+        record.update(status="failed", error=f"{type(error).__name__}: {error}")
+        write_json(run_dir / "run.json", record)
+        raise
+    result = ImageResult(
+        run_dir,
+        target.classes,
+        done["transfer"],
+        done.get("source"),
+        done.get("scratch"),
+        cache.hits,
+        cache.misses,
+    )
     result.seconds = time.perf_counter() - started
     _report(config, result)
+    record.update(status="finished", seconds=round(result.seconds, 2), accuracy=result.transfer.accuracy)
+    write_json(run_dir / "run.json", record)
+    (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     return result
+
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def read_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """The checkpoint of an interrupted image run, read weights-only, with clear errors for what cannot resume."""
+    path = run_dir / CHECKPOINT_FILE
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(
+            f"{run_dir} is not an rltransfer image run (no config.yaml). Give the run directory."
+        )
+    if not path.is_file():
+        status = _status(run_dir)
+        raise ConfigError(
+            f"{run_dir} has no checkpoint to resume ({'the run finished' if status == 'finished' else 'it stopped before its first checkpoint'}). "
+            "Start it again with `rltransfer image CONFIG`."
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if checkpoint.get("version") != 1 or "phase" not in checkpoint:
+            raise ValueError("not an rltransfer image checkpoint")
+    except Exception as error:
+        raise ConfigError(
+            f"The checkpoint {path} is truncated or damaged ({str(error).splitlines()[0]}); it cannot be resumed. "
+            "Start the run again with `rltransfer image CONFIG`."
+        ) from None
+    return checkpoint
+
+
+def _status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def _write_checkpoint(context: _Context, phase: str, state: dict[str, Any] | None) -> None:
+    data = {
+        "version": 1,
+        "phase": phase,
+        "done": {name: asdict(result) for name, result in context.done.items()},
+        "state": state,
+    }
+    with atomic_path(context.run_dir / CHECKPOINT_FILE, suffix=".pt") as tmp:
+        torch.save(data, tmp)
+
+
+def phase_from_dict(data: dict[str, Any]) -> PhaseResult:
+    """A PhaseResult back from its checkpoint form."""
+    stages = [StageResult(**item) for item in data["stages"]]
+    return PhaseResult(**{**data, "stages": stages})
 
 
 @dataclass
@@ -143,6 +252,7 @@ class _Context:
     cache: FeatureCache
     progress: bool
     log: Any
+    done: dict[str, PhaseResult] = field(default_factory=dict)
 
 
 def _network(
@@ -174,6 +284,7 @@ def _phase(
     stages: list[StageConfig],
     network: tuple[nn.Module, ModelSpec, str | None],
     save: bool = True,
+    resume: dict[str, Any] | None = None,
 ) -> PhaseResult:
     from torch.utils.tensorboard import SummaryWriter
 
@@ -200,9 +311,11 @@ def _phase(
         progress=progress,
         label=name,
         log=log,
+        checkpoint=lambda state: _write_checkpoint(context, name, state),
+        checkpoint_seconds=config.checkpoint_seconds,
     )
     try:
-        results = [trainer.run_stage(stage, task.train, task.val) for stage in stages]
+        results = trainer.run_stages(stages, task.train, task.val, resume)
         evaluated_on = "test" if task.test is not None else "validation"
         predicted, truth = trainer.predictions(task.test if task.test is not None else task.val)
         accuracy = float((predicted == truth).float().mean())
@@ -326,9 +439,6 @@ def _report(config: ImageConfig, result: ImageResult) -> None:
         lines += ["", f"Transfer minus scratch: {result.gain:+.3f} ({verdict})."]
     lines += ["", f"Run time {result.seconds:.1f} s. Confusion matrices: confusion-*.png.", ""]
     write_text(result.run_dir / "report.md", "\n".join(lines))
-    write_json(
-        result.run_dir / "run.json", {"config": config.model_dump(mode="json"), "versions": versions()}
-    )
 
 
 def predict(

@@ -4,17 +4,20 @@ validation, restore the best epoch; head-only stages train on cached bottleneck 
 from __future__ import annotations
 
 import copy
+import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from rltransfer.errors import ConfigError
+from rltransfer.errors import ConfigError, NumericalError
+from rltransfer.interrupt import stop_requested
 from rltransfer.layers import (
     _split_pinned_ancestors,
     _unpin_eval,
@@ -202,6 +205,9 @@ class Trainer:
     seed: int = 0
     epoch: int = 0
     """Epochs run so far over every stage (the x axis in TensorBoard)."""
+    checkpoint: Callable[[dict[str, Any]], None] | None = None
+    """Receives a snapshot to write (every ``checkpoint_seconds``, at stage ends and on a stop signal)."""
+    checkpoint_seconds: float = 60.0
     progress: bool = True
     label: str = "train"
     """Name of this network in progress bars and messages (source, transfer, scratch)."""
@@ -210,35 +216,72 @@ class Trainer:
     def __post_init__(self) -> None:
         self.model.to(self.device)
         self.center: CenterLoss | None = None
+        self.epoch_seed = self.seed
+        self._last_write = time.monotonic()
 
-    def run_stage(self, stage: StageConfig, train: ImageSet, val: ImageSet) -> StageResult:
-        """Train one stage to its end or early stop, then restore its best epoch's weights."""
+    def run_stages(
+        self, stages: list[StageConfig], train: ImageSet, val: ImageSet, resume: dict[str, Any] | None = None
+    ) -> list[StageResult]:
+        """Run the stages in order (from a checkpoint's position when ``resume`` is given)."""
+        done = [StageResult(**item) for item in resume["stage_results"]] if resume else []
+        if resume is not None and resume["stage_epoch"] == 0:  # saved at a stage boundary
+            self._center_optimizer()
+            self.model.load_state_dict(resume["model"])
+            if self.center is not None and resume["center"] is not None:
+                self.center.load_state_dict(resume["center"])
+            self.epoch = resume["epoch"]
+            set_rng_state(resume["rng"])
+        for index in range(len(done), len(stages)):
+            here = resume if resume is not None and resume["stage_index"] == index else None
+            done.append(self.run_stage(stages[index], train, val, index, done, here))
+        return done
+
+    def run_stage(
+        self,
+        stage: StageConfig,
+        train: ImageSet,
+        val: ImageSet,
+        index: int = 0,
+        done: list[StageResult] | None = None,
+        resume: dict[str, Any] | None = None,
+    ) -> StageResult:
+        """Train one stage to its end or early stop, then restore its best epoch's weights. With a checkpoint
+        (``resume``) the stage continues after its last saved epoch, as if it had never stopped."""
         started = time.perf_counter()
+        done = done or []
         trainable = configure_stage(self.model, stage.train, self.heads, self.frozen_batchnorm)
         trainable_count, frozen_count = count_parameters(self.model)
         optimizer = build_stage_optimizer(self.model, stage, self.training, self.heads)
         scheduler = build_scheduler(optimizer, stage)
+        centers = self._center_optimizer()
+        monitor = Monitor(stage.monitor, stage.patience)
+        first_epoch = 1
+        if resume is not None and resume["stage_epoch"] > 0:
+            first_epoch = resume["stage_epoch"] + 1
+            self._restore(resume, optimizer, scheduler, monitor)
         cached = self._use_cache(trainable)
         if cached:
             train_loader, val_loader = self._feature_loaders(train, val)
         else:
             train_loader, val_loader = self._image_loaders(train, val)
-        centers = self._center_optimizer()
-        monitor = Monitor(stage.monitor, stage.patience)
         self.log(
             f"{self.label} stage {stage.name}: training {', '.join(trainable)} ({trainable_count:,} parameters, "
             f"{frozen_count:,} frozen){'; trunk features cached' if cached else ''}"
+            + (f"; resumed after epoch {first_epoch - 1}" if first_epoch > 1 else "")
         )
         stopped = False
         bar = tqdm(
             total=stage.epochs,
+            initial=first_epoch - 1,
             desc=f"{self.label}/{stage.name}",
             unit="epoch",
             disable=not self.progress,
             leave=False,
         )
-        for stage_epoch in range(1, stage.epochs + 1):
-            train_loss, train_acc = self._train_epoch(train_loader, optimizer, centers, cached)
+        stage_epoch = first_epoch - 1
+        for stage_epoch in range(first_epoch, stage.epochs + 1):
+            self.epoch_seed = self.seed * 100_003 + self.epoch
+            train_loss, train_acc = self._train_epoch(train_loader, optimizer, centers, cached, stage.name)
             val_loss, val_acc = self.evaluate(val_loader, cached)
             self.epoch += 1
             self._log_epoch(optimizer, train_loss, train_acc, val_loss, val_acc)
@@ -246,9 +289,17 @@ class Trainer:
             bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}")
             if scheduler is not None:
                 scheduler.step()
+            check_finite(self.model, f"{self.label} stage {stage.name}, epoch {stage_epoch}", stage.lr)
             if monitor.update(stage_epoch, val_acc, val_loss, self.model):
                 stopped = stage_epoch < stage.epochs
                 break
+            if stage_epoch < stage.epochs:
+                self._checkpoint_if_due(
+                    lambda epoch=stage_epoch: self._snapshot(
+                        index, epoch, done, optimizer, scheduler, monitor
+                    ),
+                    stage.name,
+                )
         bar.close()
         assert monitor.best_state is not None and monitor.best is not None
         self.model.load_state_dict(monitor.best_state)
@@ -258,10 +309,10 @@ class Trainer:
             else (monitor.best[1], -monitor.best[0])
         )
         self.log(
-            f"{self.label} stage {stage.name}: best epoch {monitor.best_epoch} of {stage_epoch} (val accuracy {best_acc:.3f}, "
-            f"loss {best_loss:.3f}){', stopped early' if stopped else ''}; its weights are restored"
+            f"{self.label} stage {stage.name}: best epoch {monitor.best_epoch} of {stage_epoch} (val accuracy "
+            f"{best_acc:.3f}, loss {best_loss:.3f}){', stopped early' if stopped else ''}; its weights are restored"
         )
-        return StageResult(
+        result = StageResult(
             stage.name,
             stage_epoch,
             monitor.best_epoch,
@@ -274,6 +325,70 @@ class Trainer:
             stopped,
             time.perf_counter() - started,
         )
+        # a stage boundary is always saved: the next stage starts from the restored best weights
+        self._checkpoint_if_due(
+            lambda: self._snapshot(index + 1, 0, [*done, result], None, None, None), stage.name, force=True
+        )
+        return result
+
+    def _checkpoint_if_due(
+        self, snapshot: Callable[[], dict[str, Any]], stage: str, force: bool = False
+    ) -> None:
+        signum = stop_requested()
+        now = time.monotonic()
+        if self.checkpoint is not None and (
+            force or signum or now - self._last_write >= self.checkpoint_seconds
+        ):
+            self.checkpoint(snapshot())
+            self._last_write = now
+        if signum:
+            raise StopForSignal(signum, f" during {self.label} stage {stage} after epoch {self.epoch}")
+
+    def _snapshot(
+        self,
+        stage_index: int,
+        stage_epoch: int,
+        done: list[StageResult],
+        optimizer: torch.optim.Optimizer | None,
+        scheduler: Any,
+        monitor: Monitor | None,
+    ) -> dict[str, Any]:
+        """Everything needed to continue exactly here: weights, optimizer, schedule, early stopping, RNG."""
+        return {
+            "stage_index": stage_index,
+            "stage_epoch": stage_epoch,
+            "epoch": self.epoch,
+            "stage_results": [asdict(result) for result in done],
+            "model": _cpu_copy(self.model.state_dict()),
+            "optimizer": _cpu_copy(optimizer.state_dict()) if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "monitor": None
+            if monitor is None
+            else {
+                "best": list(monitor.best) if monitor.best is not None else None,
+                "best_epoch": monitor.best_epoch,
+                "since_best": monitor.since_best,
+                "best_state": _cpu_copy(monitor.best_state),
+            },
+            "center": _cpu_copy(self.center.state_dict()) if self.center is not None else None,
+            "rng": rng_state(),
+        }
+
+    def _restore(
+        self, state: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: Any, monitor: Monitor
+    ) -> None:
+        self.model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        saved = state["monitor"]
+        monitor.best = tuple(saved["best"]) if saved["best"] is not None else None
+        monitor.best_epoch, monitor.since_best = saved["best_epoch"], saved["since_best"]
+        monitor.best_state = saved["best_state"]
+        if self.center is not None and state["center"] is not None:
+            self.center.load_state_dict(state["center"])
+        self.epoch = state["epoch"]
+        set_rng_state(state["rng"])
 
     def _use_cache(self, trainable: list[str]) -> bool:
         head = self.heads[0]
@@ -290,21 +405,20 @@ class Trainer:
             features, labels = self.cache.features(
                 self.model, self.heads, self.prep, images, self.device, max(self.batch_size, 64), self.workers
             )
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
             loaders.append(
                 DataLoader(
                     TensorDataset(features, labels),
                     batch_size=self.batch_size,
-                    shuffle=shuffle,
-                    generator=generator,
+                    sampler=EpochShuffle(len(labels), self) if shuffle else None,
                 )
             )
         return loaders[0], loaders[1]
 
     def _image_loaders(self, train: ImageSet, val: ImageSet) -> tuple[DataLoader, DataLoader]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return (
-            DataLoader(train, self.batch_size, shuffle=True, num_workers=self.workers, generator=generator),
+            DataLoader(
+                train, self.batch_size, sampler=EpochShuffle(len(train), self), num_workers=self.workers
+            ),
             DataLoader(val, max(self.batch_size, 64), shuffle=False, num_workers=self.workers),
         )
 
@@ -349,12 +463,13 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         centers: torch.optim.Optimizer | None,
         cached: bool,
+        stage: str = "",
     ) -> tuple[float, float]:
         self.model.train()
         head = self.model.get_submodule(self.heads[0])
         criterion = nn.CrossEntropyLoss(label_smoothing=self.training.label_smoothing)
         total_loss = correct = count = 0.0
-        for inputs, labels in loader:
+        for batch, (inputs, labels) in enumerate(loader):
             inputs, labels = inputs.to(self.device), labels.to(self.device)
             logits, aux, features = self._forward(inputs, cached)
             loss = criterion(logits, labels)
@@ -365,6 +480,13 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             if centers is not None:
                 centers.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                raise NumericalError(
+                    f"{self.label} stage {stage}: the loss became {loss.item()} in epoch {self.epoch + 1}, batch "
+                    f"{batch + 1}. Likely causes: a learning rate too high for this stage (lower `lr` or "
+                    "`lr_groups`), or broken inputs (check the images and `data.normalize`). The last good "
+                    "checkpoint is kept; fix the config and rerun."
+                )
             loss.backward()
             optimizer.step()
             if centers is not None:
@@ -422,3 +544,67 @@ class Trainer:
             self.writer.add_scalar(tag, value, self.epoch)
         for group in optimizer.param_groups:
             self.writer.add_scalar(f"lr/{group['name']}", group["lr"], self.epoch)
+
+
+class EpochShuffle(torch.utils.data.Sampler[int]):
+    """A fresh permutation each epoch from (seed, epoch): shuffling never depends on how the run got there, so a
+    resumed run sees the same batches as an uninterrupted one."""
+
+    def __init__(self, size: int, trainer: Trainer) -> None:
+        self.size = size
+        self.trainer = trainer
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.trainer.epoch_seed)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+class StopForSignal(Exception):
+    """Raised after the checkpoint was written because Ctrl-C or SIGTERM asked to stop."""
+
+    def __init__(self, signum: int, detail: str) -> None:
+        super().__init__(detail)
+        self.signum = signum
+        self.detail = detail
+
+
+def check_finite(model: nn.Module, where: str, lr: float) -> None:
+    """Stop with a clear error when a trainable parameter holds NaN or infinity."""
+    for name, param in model.named_parameters():
+        if param.requires_grad and not torch.isfinite(param).all():
+            raise NumericalError(
+                f"{where}: parameter {name} became NaN or infinite. Likely cause: the learning rate ({lr:g}) is too "
+                "high for this stage. The last good checkpoint is kept; lower `lr` and rerun."
+            )
+
+
+def _cpu_copy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_copy(item) for item in value)
+    return value
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch random states as tensors and plain values (loadable weights-only)."""
+    version, state, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(state), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, values, gauss = state["python"]
+    random.setstate((version, tuple(values), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])

@@ -1,0 +1,151 @@
+"""Interrupted runs resume: Ctrl-C / SIGTERM save a checkpoint and exit cleanly; --resume continues where the run
+stopped, with the same curves and (for image runs, which checkpoint at epoch boundaries) the same final weights."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("torchvision", reason="the vision extra is part of the test install (see README)")
+
+from rltransfer.config import load_config, resolve_config_path  # noqa: E402
+from rltransfer.errors import ConfigError  # noqa: E402
+from rltransfer.interrupt import Interrupted  # noqa: E402
+from rltransfer.vision import training as vision_training  # noqa: E402
+from rltransfer.vision.config import ImageConfig  # noqa: E402
+from rltransfer.vision.pipeline import run_image  # noqa: E402
+
+QUIET = {"progress": False, "log": lambda *_: None}
+
+
+def digits(tmp_path: Path, name: str, **extra: Any) -> ImageConfig:
+    overrides = {
+        "name": name,
+        "log_root": str(tmp_path / "runs"),
+        "device": "cpu",
+        "checkpoint_seconds": 0,
+        "source.stages": [{"name": "source", "train": ["*"], "epochs": 4}],
+        "stages": [
+            {"name": "head", "train": ["head"], "epochs": 3, "lr": 0.01, "schedule": "cosine"},
+            {"name": "finetune", "train": ["*"], "epochs": 3, "lr_groups": {"features": 0.0003}},
+        ],
+        "baseline.stages": [{"name": "scratch", "train": ["*"], "epochs": 4, "schedule": "step"}],
+        "training.center_loss": 0.01,
+        **extra,
+    }
+    return load_config(resolve_config_path("images/digits"), ImageConfig, overrides)
+
+
+def scalars(run: Path, phase: str, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / phase)).Reload()
+    return sorted((e.step, e.value) for e in events.Scalars(tag))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp_path = tmp_path_factory.mktemp("straight")
+    run_image(digits(tmp_path, "straight"), **QUIET)
+    return tmp_path / "runs" / "straight"
+
+
+# epoch-end checks counted over the whole run: inside the source, at a stage boundary of the transfer, mid-way
+# through fine-tuning, inside the scratch baseline
+@pytest.mark.parametrize("stop_at", [2, 7, 9, 13])
+def test_interrupt_and_resume_matches_an_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uninterrupted: Path, stop_at: int
+) -> None:
+    calls = []
+
+    def stop_after_some_epochs() -> int | None:
+        calls.append(1)
+        return signal.SIGINT if len(calls) == stop_at else None
+
+    monkeypatch.setattr(vision_training, "stop_requested", stop_after_some_epochs)
+    with pytest.raises(Interrupted, match=r"Stopped by SIGINT.*--resume") as stopped:
+        run_image(digits(tmp_path, "cut"), **QUIET)
+    run = tmp_path / "runs" / "cut"
+    assert stopped.value.exit_code == 130 and (run / "checkpoint.pt").is_file()
+    assert '"status": "interrupted"' in (run / "run.json").read_text()
+    monkeypatch.setattr(vision_training, "stop_requested", lambda: None)
+    result = run_image(resume=run, **QUIET)
+    assert not (run / "checkpoint.pt").exists() and '"status": "finished"' in (run / "run.json").read_text()
+    for name in ("model/model.pt", "source-model/model.pt"):
+        resumed, straight = (torch.load(r / name, weights_only=True) for r in (run, uninterrupted))
+        assert all(torch.equal(resumed[key], straight[key]) for key in straight), name
+    for phase in ("source", "transfer", "scratch"):
+        for tag in ("accuracy/val", "loss/train"):
+            assert scalars(run, phase, tag) == scalars(uninterrupted, phase, tag), (phase, tag)
+    assert result.scratch is not None and [s.best_epoch for s in result.transfer.stages] == [
+        s["best_epoch"]
+        for s in __import__("json").loads((uninterrupted / "report.json").read_text())["phases"][1]["stages"]
+    ]
+
+
+def test_resume_refuses_finished_damaged_and_foreign_runs(tmp_path: Path, uninterrupted: Path) -> None:
+    with pytest.raises(ConfigError, match="no checkpoint to resume \\(the run finished\\)"):
+        run_image(resume=uninterrupted, **QUIET)
+    with pytest.raises(ConfigError, match="not an rltransfer image run"):
+        run_image(resume=tmp_path, **QUIET)
+    run = tmp_path / "torn"
+    run.mkdir()
+    (run / "config.yaml").write_text((uninterrupted / "config.yaml").read_text())
+    (run / "checkpoint.pt").write_bytes((uninterrupted / "model" / "model.pt").read_bytes()[:500])
+    with pytest.raises(ConfigError, match=r"checkpoint .*checkpoint\.pt is truncated or damaged"):
+        run_image(resume=run, **QUIET)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_cli_image_signal_then_resume(tmp_path: Path, signum: int) -> None:
+    cli = [sys.executable, "-m", "rltransfer.cli", "image"]
+    run = tmp_path / "runs" / "digits"
+    process = subprocess.Popen(
+        [
+            *cli,
+            "images/digits",
+            "--log-root",
+            str(tmp_path / "runs"),
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--set",
+            "checkpoint_seconds=0",
+            "--set",
+            "source.stages=[{name: s, train: ['*'], epochs: 400}]",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, stderr
+    assert f"Stopped by {signal.Signals(signum).name}" in stderr and "--resume" in stderr
+    assert "Traceback" not in stderr and (run / "checkpoint.pt").is_file()
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert checkpoint["phase"] == "source" and checkpoint["state"]["stage_epoch"] >= 1
+    # continue it, with the source shortened so the test ends: the resumed run uses the run's own config.yaml
+    config = run / "config.yaml"
+    config.write_text(
+        config.read_text().replace("epochs: 400", f"epochs: {checkpoint['state']['stage_epoch'] + 2}")
+    )
+    resumed = subprocess.run(
+        [*cli, "--resume", str(run), "--no-progress"], capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert (
+        f"resumed after epoch {checkpoint['state']['stage_epoch']}" not in resumed.stderr
+    )  # logs go to stdout
+    assert "transferred model test accuracy" in resumed.stdout and (run / "model" / "model.pt").is_file()
