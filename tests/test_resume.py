@@ -148,3 +148,51 @@ def test_cli_image_signal_then_resume(tmp_path: Path, signum: int) -> None:
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed after epoch {checkpoint['state']['stage_epoch']}" in resumed.stdout
     assert "transferred model test accuracy" in resumed.stdout and (run / "model" / "model.pt").is_file()
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rltransfer.errors import NumericalError
+
+    real_forward = vision_training.Trainer._forward
+
+    def poisoned(self: vision_training.Trainer, inputs: torch.Tensor, cached: bool) -> Any:
+        logits, aux, features = real_forward(self, inputs, cached)
+        if (
+            self.label == "transfer" and not cached
+        ):  # the fine-tuning stage (the head stage trains on the cache)
+            logits = logits * float("nan")
+        return logits, aux, features
+
+    monkeypatch.setattr(vision_training.Trainer, "_forward", poisoned)
+    with pytest.raises(
+        NumericalError,
+        match=r"transfer stage finetune: the loss became nan in epoch 4, batch 1.*"
+        r"learning rate.*last good checkpoint is kept",
+    ):
+        run_image(digits(tmp_path, "nan"), **QUIET)
+    run = tmp_path / "runs" / "nan"
+    assert '"status": "failed"' in (run / "run.json").read_text()
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert (checkpoint["phase"], checkpoint["state"]["stage_index"], checkpoint["state"]["stage_epoch"]) == (
+        "transfer",
+        1,
+        0,
+    )  # saved when the head stage ended, before the poisoned epoch
+    assert all(
+        torch.isfinite(t).all() for t in checkpoint["state"]["model"].values() if t.is_floating_point()
+    )
+
+
+def test_an_exploding_parameter_is_named() -> None:
+    from rltransfer.errors import NumericalError
+    from rltransfer.vision.models import SmallCNN
+
+    model = SmallCNN(1, 3)
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("inf")
+    with pytest.raises(
+        NumericalError, match=r"parameter fc.weight became NaN or infinite.*learning rate \(0.5\)"
+    ):
+        vision_training.check_finite(model, "transfer stage head, epoch 2", 0.5)
