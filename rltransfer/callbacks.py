@@ -87,7 +87,35 @@ class EvaluateAndKeepBest(EvalCallback):
         self.stop_reason: str | None = None
         self._continue = True
 
+    def state(self) -> dict[str, Any]:
+        """What early stopping and the kept best must remember across a resume."""
+        stop = self.callback
+        return {
+            "n_calls": self.n_calls,
+            "best_mean_reward": float(self.best_mean_reward),
+            "last_mean_reward": float(self.last_mean_reward),
+            "curve": self.curve,
+            "best_step": self.save_best.best_step,
+            "stop_calls": stop.n_calls if stop is not None else 0,
+            "no_improvement_evals": getattr(stop, "no_improvement_evals", 0),
+            "last_best_mean_reward": float(getattr(stop, "last_best_mean_reward", -np.inf)),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state`: the step-0 evaluation is not repeated."""
+        self.resumed = True
+        self.n_calls = state["n_calls"]
+        self.best_mean_reward, self.last_mean_reward = state["best_mean_reward"], state["last_mean_reward"]
+        self.curve = state["curve"]
+        self.save_best.best_step = state["best_step"]
+        if self.callback is not None:
+            self.callback.n_calls = state["stop_calls"]
+            self.callback.no_improvement_evals = state["no_improvement_evals"]
+            self.callback.last_best_mean_reward = state["last_best_mean_reward"]
+
     def _on_training_start(self) -> None:
+        if getattr(self, "resumed", False):
+            return
         if self.initial_is_candidate:
             # n_calls is 0 here, so the parent's check evaluates: the zero-shot point, which may be the best
             self._continue = self._evaluate_now()
@@ -151,6 +179,67 @@ class UnfreezeAt(BaseCallback):
 
     def _on_step(self) -> bool:
         return True
+
+
+class NumericalStop(Exception):
+    """Raised inside SB3's loop when a parameter is NaN or infinite; run_training turns it into a clear error."""
+
+
+class Checkpointing(BaseCallback):
+    """Resumable checkpoints after every evaluation; a clean stop on Ctrl-C / SIGTERM; a stop when a parameter
+    becomes NaN or infinite (checked after every update, so no checkpoint ever holds one)."""
+
+    def __init__(self, run_dir: Path, evaluation: EvaluateAndKeepBest, extra: list[BaseCallback]) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.evaluation = evaluation
+        self.extra = extra
+        self.signal: int | None = None
+        self.numerical: str | None = None
+        self.saved_at: int | None = None
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "evaluation": self.evaluation.state(),
+            "unfrozen_at": [getattr(cb, "unfrozen_at", None) for cb in self.extra],
+        }
+
+    def save(self) -> None:
+        from rltransfer.checkpoints import save_agent_checkpoint
+
+        if self.numerical is None and _finite(self.model.policy) is None:
+            save_agent_checkpoint(self.model, self.run_dir, self.state())
+            self.saved_at = self.num_timesteps
+
+    def _on_rollout_start(self) -> None:
+        bad = _finite(self.model.policy)
+        if bad is not None and self.numerical is None:
+            self.numerical = f"parameter {bad} became NaN or infinite after step {self.num_timesteps:,}"
+            raise NumericalStop(self.numerical)  # before the policy acts on it
+
+    def _on_step(self) -> bool:
+        from rltransfer.interrupt import stop_requested
+
+        if self.numerical is not None:
+            return False
+        signum = stop_requested()
+        if signum is not None:
+            self.signal = signum
+            return False
+        every = self.evaluation.eval_freq
+        if every > 0 and self.evaluation.n_calls % every == 0:
+            self.save()
+        return True
+
+
+def _finite(module: Any) -> str | None:
+    """The name of the first parameter holding NaN or infinity, or None."""
+    import torch
+
+    for name, param in module.named_parameters():
+        if not torch.isfinite(param).all():
+            return name
+    return None
 
 
 class RunInfo(BaseCallback):

@@ -35,7 +35,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML config file, or a shipped config such as cartpole/source")
+    parser.add_argument(
+        "config", nargs="?", help="YAML config file, or a shipped config such as cartpole/source"
+    )
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
     parser.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)"
     )
@@ -130,20 +133,29 @@ def _dispatch(args: argparse.Namespace) -> int:
         report = run_study(study, workers=args.workers)
         return 1 if report.failed else 0
     model = TrainConfig if args.command == "train" else TransferConfig
-    config = load_config(resolve_config_path(args.config), model, _overrides(args))
+    config = None
+    if args.resume:
+        if args.config or _overrides(args):
+            raise ConfigError(
+                "--resume continues a run with its own saved config; give only --resume RUN_DIR (and --no-progress)."
+            )
+    elif not args.config:
+        raise ConfigError(f"rltransfer {args.command} needs a CONFIG (or --resume RUN_DIR).")
+    else:
+        config = load_config(resolve_config_path(args.config), model, _overrides(args))
     if args.command == "train":
         from rltransfer.training import train
 
-        result = train(config, progress_bar=not args.no_progress)
+        result = train(config, progress_bar=not args.no_progress, resume=args.resume)
     else:
         from rltransfer.transfers import transfer
 
-        result = transfer(config, progress_bar=not args.no_progress)
+        result = transfer(config, progress_bar=not args.no_progress, resume=args.resume)
         if result.frozen_unchanged is not None:
             state = "bit-identical" if result.frozen_unchanged else "CHANGED (please report this)"
             print(f"Frozen layers after fine-tuning: {state}.")
     print(result.summary())
-    print(f"TensorBoard: tensorboard --logdir {Path(config.log_root)}")
+    print(f"TensorBoard: tensorboard --logdir {result.run_dir.parent}")
     return 0
 
 

@@ -12,6 +12,7 @@ from types import FrameType
 from rltransfer.errors import RLTransferError
 
 _requested: list[int] = []
+_depth: list[int] = [0]  # nested stop_on_signals blocks share one request (a study running a training)
 
 
 class Interrupted(RLTransferError):
@@ -51,16 +52,21 @@ def _handler(signum: int, _frame: FrameType | None) -> None:
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
     """Within the block SIGINT and SIGTERM request a clean stop instead of killing the process."""
-    _requested.clear()
+    outermost = _depth[0] == 0
     previous = {}
-    try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, _handler)
-    except ValueError:  # not the main thread: signals cannot be caught here, loops still poll the flag
-        pass
+    if outermost:
+        _requested.clear()
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, _handler)
+        except ValueError:  # not the main thread: signals cannot be caught here, loops still poll the flag
+            pass
+    _depth[0] += 1
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        _requested.clear()
+        _depth[0] -= 1
+        if outermost:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            _requested.clear()

@@ -263,15 +263,24 @@ def source_agent_config(source: SourceAgent) -> AgentConfig:
 
 
 def transfer(
-    config: TransferConfig | str | Path | dict[str, Any], *, progress_bar: bool = True, verbose: bool = True
+    config: TransferConfig | str | Path | dict[str, Any] | None = None,
+    *,
+    progress_bar: bool = True,
+    verbose: bool = True,
+    resume: str | Path | None = None,
 ) -> TransferResult:
-    """Transfer a source agent to the config's target env, freeze the named layers and fine-tune the rest."""
+    """Transfer a source agent to the config's target env, freeze the named layers and fine-tune the rest.
+    ``resume`` continues an interrupted transfer from its run directory (the same source must still exist)."""
     from rltransfer.agents import build_agent
     from rltransfer.environment import make_envs, resolve_device
     from rltransfer.io import prepare_run_dir
     from rltransfer.layers import select_layers
     from rltransfer.sb3 import freeze_agent, is_target_copy, layer_copies
 
+    if resume is not None:
+        from rltransfer.training import resume_config
+
+        config = resume_config(resume, TransferConfig)
     config = coerce_config(config, TransferConfig)
     assert isinstance(config, TransferConfig)
     source = load_source(config.source)
@@ -304,7 +313,7 @@ def transfer(
     table = mapping.format()
     if verbose:
         print(f"Transfer from {source.path} to {config.env.id}:\n{table}", flush=True)
-    run_dir = prepare_run_dir(config.log_root, config.name)
+    run_dir = Path(resume) if resume is not None else prepare_run_dir(config.log_root, config.name)
     metadata = {"algo": agent.algo, "source": str(source.path), "mapping": mapping.as_dict()}
     callbacks = []
     if config.unfreeze_at is not None and mapping.frozen:
@@ -322,6 +331,7 @@ def transfer(
         progress_bar=progress_bar,
         metadata=metadata,
         texts={"transfer/layers": table},
+        resume=resume is not None,
     )
     current = policy.state_dict()
     unchanged = all(torch.equal(value, current[key]) for key, value in snapshot.items()) if snapshot else None

@@ -150,5 +150,7 @@ def test_lr_groups_are_named_in_config_order() -> None:
 
 def test_unknown_registry_weight_names_list_the_real_ones() -> None:
     spec = ModelSpec(arch="resnet18", num_classes=2, classes=["a", "b"], image_size=64)
-    with pytest.raises(ConfigError, match=r"`IMAGENET1K_V9` is not a file.*did you mean `IMAGENET1K_V1`.*DEFAULT"):
+    with pytest.raises(
+        ConfigError, match=r"`IMAGENET1K_V9` is not a file.*did you mean `IMAGENET1K_V1`.*DEFAULT"
+    ):
         build_classifier(spec, "IMAGENET1K_V9")

@@ -4,18 +4,17 @@ validation, restore the best epoch; head-only stages train on cached bottleneck 
 from __future__ import annotations
 
 import copy
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from rltransfer.checkpoints import cpu_copy, rng_state, set_rng_state
 from rltransfer.errors import ConfigError, NumericalError
 from rltransfer.interrupt import stop_requested
 from rltransfer.layers import (
@@ -359,8 +358,8 @@ class Trainer:
             "stage_epoch": stage_epoch,
             "epoch": self.epoch,
             "stage_results": [asdict(result) for result in done],
-            "model": _cpu_copy(self.model.state_dict()),
-            "optimizer": _cpu_copy(optimizer.state_dict()) if optimizer is not None else None,
+            "model": cpu_copy(self.model.state_dict()),
+            "optimizer": cpu_copy(optimizer.state_dict()) if optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "monitor": None
             if monitor is None
@@ -368,9 +367,9 @@ class Trainer:
                 "best": list(monitor.best) if monitor.best is not None else None,
                 "best_epoch": monitor.best_epoch,
                 "since_best": monitor.since_best,
-                "best_state": _cpu_copy(monitor.best_state),
+                "best_state": cpu_copy(monitor.best_state),
             },
-            "center": _cpu_copy(self.center.state_dict()) if self.center is not None else None,
+            "center": cpu_copy(self.center.state_dict()) if self.center is not None else None,
             "rng": rng_state(),
         }
 
@@ -579,32 +578,3 @@ def check_finite(model: nn.Module, where: str, lr: float) -> None:
                 f"{where}: parameter {name} became NaN or infinite. Likely cause: the learning rate ({lr:g}) is too "
                 "high for this stage. The last good checkpoint is kept; lower `lr` and rerun."
             )
-
-
-def _cpu_copy(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {key: _cpu_copy(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_cpu_copy(item) for item in value)
-    return value
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch random states as tensors and plain values (loadable weights-only)."""
-    version, state, gauss = random.getstate()
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    return {
-        "python": [version, list(state), gauss],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, values, gauss = state["python"]
-    random.setstate((version, tuple(values), gauss))
-    kind, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(state["torch"])

@@ -1,0 +1,159 @@
+"""Resumable state: random-number generators, and SB3 agents mid-training (weights, optimizers, replay buffer,
+counters, callback state) in files read back weights-only, each checked against the digest recorded beside it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from rltransfer.errors import ConfigError
+from rltransfer.io import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+CHECKPOINT_DIR = "checkpoint"
+_BUFFER_FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch random states as tensors and plain values (loadable weights-only)."""
+    version, state, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(state), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Put back what :func:`rng_state` returned."""
+    version, values, gauss = state["python"]
+    random.setstate((version, tuple(values), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+
+
+def cpu_copy(value: Any) -> Any:
+    """Tensors (also inside dicts and lists) copied to the CPU, detached."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(cpu_copy(item) for item in value)
+    return value
+
+
+def digest(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def _optimizers(model: BaseAlgorithm) -> dict[str, torch.optim.Optimizer]:
+    from rltransfer.sb3 import _optimizer_slots
+
+    found = {slot.label: getattr(slot.owner, slot.attribute) for slot in _optimizer_slots(model)}
+    if getattr(model, "ent_coef_optimizer", None) is not None:  # SAC's automatic entropy coefficient
+        found["ent_coef"] = model.ent_coef_optimizer
+    return found
+
+
+def save_agent_checkpoint(model: BaseAlgorithm, run_dir: Path, callbacks: dict[str, Any]) -> Path:
+    """Write ``run_dir/checkpoint/``: state.pt (weights, optimizers, RNG), replay_buffer.npz for off-policy
+    agents, then state.json (counters, callback state, each file's digest) last, so a checkpoint whose state.json
+    exists is complete."""
+    folder = run_dir / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "policy": cpu_copy(model.policy.state_dict()),
+        "optimizers": {name: cpu_copy(opt.state_dict()) for name, opt in _optimizers(model).items()},
+        "log_ent_coef": cpu_copy(getattr(model, "log_ent_coef", None)),
+        "rng": rng_state(),
+    }
+    files = {}
+    with atomic_path(folder / "state.pt", suffix=".pt") as tmp:
+        torch.save(tensors, tmp)
+    files["state.pt"] = digest(folder / "state.pt")
+    buffer = getattr(model, "replay_buffer", None)
+    if buffer is not None:
+        arrays = {
+            name: getattr(buffer, name) for name in _BUFFER_FIELDS if getattr(buffer, name, None) is not None
+        }
+        arrays["position"] = np.asarray([buffer.pos, int(buffer.full)])
+        with atomic_path(folder / "replay_buffer.npz", suffix=".npz") as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+        files["replay_buffer.npz"] = digest(folder / "replay_buffer.npz")
+    write_json(
+        folder / "state.json",
+        {
+            "num_timesteps": int(model.num_timesteps),
+            "n_updates": int(getattr(model, "_n_updates", 0)),
+            "episode_num": int(getattr(model, "_episode_num", 0)),
+            "callbacks": callbacks,
+            "files": files,
+        },
+    )
+    return folder
+
+
+def read_agent_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """The checkpoint's plain state (state.json), every file checked against its digest first."""
+    folder = run_dir / CHECKPOINT_DIR
+    try:
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{run_dir} has no checkpoint to resume ({folder / 'state.json'} is missing): the run finished, or "
+            "stopped before its first evaluation. Start it again without --resume."
+        ) from None
+    except ValueError as error:
+        raise ConfigError(
+            f"{folder / 'state.json'} is truncated or damaged ({error}); start the run again."
+        ) from None
+    for name, expected in state.get("files", {}).items():
+        path = folder / name
+        if not path.is_file() or digest(path) != expected:
+            raise ConfigError(
+                f"Checkpoint file {path} is missing, truncated or was changed after it was written (its digest "
+                "does not match state.json); the run cannot resume from it. Start it again without --resume."
+            )
+    state["folder"] = folder
+    return state
+
+
+def load_agent_checkpoint(model: BaseAlgorithm, state: dict[str, Any]) -> None:
+    """Put a checkpoint's weights, optimizer states, replay buffer, counters and RNG into a freshly built agent
+    whose layers are frozen as they were when it was saved."""
+    folder: Path = state["folder"]
+    tensors = torch.load(folder / "state.pt", map_location=model.device, weights_only=True)
+    model.policy.load_state_dict(tensors["policy"])
+    optimizers = _optimizers(model)
+    for name, saved in tensors["optimizers"].items():
+        optimizers[name].load_state_dict(saved)
+    if tensors.get("log_ent_coef") is not None:
+        with torch.no_grad():
+            model.log_ent_coef.copy_(tensors["log_ent_coef"])
+    if (folder / "replay_buffer.npz").is_file():
+        buffer = model.replay_buffer
+        with np.load(folder / "replay_buffer.npz", allow_pickle=False) as arrays:
+            for name in _BUFFER_FIELDS:
+                if name in arrays:
+                    getattr(buffer, name)[...] = arrays[name]
+            buffer.pos, buffer.full = int(arrays["position"][0]), bool(arrays["position"][1])
+    model.num_timesteps = state["num_timesteps"]
+    model._n_updates = state["n_updates"]
+    model._episode_num = state["episode_num"]
+    set_rng_state(tensors["rng"])

@@ -1,0 +1,260 @@
+"""SB3 runs: Ctrl-C / SIGTERM checkpoint and --resume, checkpoints of every algorithm round-trip exactly, damaged
+checkpoints are refused, NaN parameters stop a run, and a kill during a save leaves the old file whole."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+
+from rltransfer import interrupt
+from rltransfer.checkpoints import load_agent_checkpoint, read_agent_checkpoint, save_agent_checkpoint
+from rltransfer.config import ConfigError, TrainConfig, parse_config
+from rltransfer.errors import NumericalError
+from rltransfer.interrupt import Interrupted
+from rltransfer.training import train
+
+
+def stop_after(monkeypatch: pytest.MonkeyPatch, calls: int, signum: int = signal.SIGINT) -> None:
+    """Make the training loop see a stop request at its `calls`-th check (one check per vectorised step)."""
+    seen = []
+
+    def fake() -> int | None:
+        seen.append(1)
+        return signum if len(seen) >= calls else None
+
+    monkeypatch.setattr(interrupt, "stop_requested", fake)
+
+
+def eval_steps(run: Path) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return sorted(e.step for e in EventAccumulator(str(run)).Reload().Scalars("eval/mean_reward"))
+
+
+def test_train_interrupt_then_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_train: dict
+) -> None:
+    stop_after(monkeypatch, 80)  # 4 envs: step 320, after the evaluation at 256
+    with pytest.raises(
+        Interrupted, match=r"Stopped by SIGINT at step 320.*rltransfer train --resume"
+    ) as stop:
+        train(tiny_train, progress_bar=False)
+    run = Path(tiny_train["log_root"]) / "tiny-source"
+    assert stop.value.exit_code == 130
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["num_timesteps"] == 320 and state["callbacks"]["evaluation"]["curve"][-1]["step"] == 256
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    saved = torch.load(run / "checkpoint" / "state.pt", weights_only=True)["policy"]
+    monkeypatch.setattr(interrupt, "stop_requested", lambda: None)
+    result = train(resume=run, progress_bar=False)
+    assert result.timesteps >= 512 and [p["step"] for p in result.curve] == [0, 256, 512]
+    assert eval_steps(run) == [0, 256, 512]  # TensorBoard's curve continues; no second step-0 evaluation
+    assert json.loads((run / "run.json").read_text())["resumed_from"] == 320
+    assert not (run / "checkpoint").exists() and (run / "progress.before-resume-1.csv").is_file()
+    assert not all(torch.equal(v, result.load_best().policy.state_dict()[k]) for k, v in saved.items())
+    with pytest.raises(ConfigError, match="already finished"):
+        train(resume=run, progress_bar=False)
+
+
+@pytest.mark.parametrize(
+    ("algo", "env_id", "hyperparams"),
+    [
+        ("ppo", "CartPole-v1", {"n_steps": 32, "batch_size": 32, "n_epochs": 1}),
+        ("dqn", "CartPole-v1", {"learning_starts": 50, "buffer_size": 500, "train_freq": 4}),
+        ("sac", "Pendulum-v1", {"learning_starts": 50, "buffer_size": 500}),
+        ("td3", "Pendulum-v1", {"learning_starts": 50, "buffer_size": 500}),
+    ],
+)
+def test_checkpoint_round_trip_for_every_algorithm(
+    tmp_path: Path, algo: str, env_id: str, hyperparams: dict
+) -> None:
+    from rltransfer.agents import build_agent
+    from rltransfer.config import AgentConfig
+    from rltransfer.environment import make_envs
+
+    config = parse_config(
+        {
+            "name": "x",
+            "budget": 300,
+            "env": {"id": env_id, "n_envs": 1},
+            "eval": {"every": 300},
+            "agent": {"algo": algo, "hyperparams": hyperparams, "policy": {"hidden": [16]}},
+        },
+        TrainConfig,
+    )
+    agent: AgentConfig = config.agent
+    model = build_agent(agent, make_envs(config.env, 0)[0], seed=0, device="cpu")
+    model.learn(160)
+    save_agent_checkpoint(model, tmp_path, {"evaluation": {}})
+    expected_rng = torch.rand(3)
+    fresh = build_agent(agent, make_envs(config.env, 1)[0], seed=1, device="cpu")
+    load_agent_checkpoint(fresh, read_agent_checkpoint(tmp_path))
+    assert torch.equal(torch.rand(3), expected_rng)  # the random streams continue where they were saved
+    assert fresh.num_timesteps == model.num_timesteps == 160
+    for key, value in model.policy.state_dict().items():
+        assert torch.equal(value, fresh.policy.state_dict()[key]), key
+    from rltransfer.checkpoints import _optimizers
+
+    for name, optimizer in _optimizers(model).items():
+        assert str(optimizer.state_dict()) == str(_optimizers(fresh)[name].state_dict()), name
+    if algo in ("dqn", "sac", "td3"):
+        assert fresh.replay_buffer.pos == model.replay_buffer.pos
+        assert np.array_equal(fresh.replay_buffer.observations, model.replay_buffer.observations)
+    if algo == "sac":
+        assert torch.equal(fresh.log_ent_coef, model.log_ent_coef)
+
+
+def test_transfer_with_frozen_layers_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_train: dict, tiny_transfer: dict
+) -> None:
+    from rltransfer.transfers import transfer
+
+    source = train(tiny_train, progress_bar=False)
+    tiny_transfer.update(source=str(source.run_dir), freeze=["mlp_extractor.policy_net.0"])
+    stop_after(monkeypatch, 70, signal.SIGTERM)
+    with pytest.raises(Interrupted, match="Stopped by SIGTERM.*rltransfer transfer --resume") as stop:
+        transfer(tiny_transfer, progress_bar=False, verbose=False)
+    assert stop.value.exit_code == 143
+    monkeypatch.setattr(interrupt, "stop_requested", lambda: None)
+    result = transfer(resume=stop.value.run_dir, progress_bar=False, verbose=False)
+    assert result.frozen_unchanged is True and result.timesteps >= 512
+
+
+def test_damaged_checkpoints_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_train: dict
+) -> None:
+    stop_after(monkeypatch, 80)
+    with pytest.raises(Interrupted):
+        train(tiny_train, progress_bar=False)
+    run = Path(tiny_train["log_root"]) / "tiny-source"
+    state = run / "checkpoint" / "state.pt"
+    state.write_bytes(state.read_bytes()[:-100])  # torn by another tool
+    with pytest.raises(ConfigError, match=r"state\.pt is missing, truncated or was changed"):
+        train(resume=run, progress_bar=False)
+    (run / "checkpoint" / "state.json").write_text('{"num_timesteps": 3')
+    with pytest.raises(ConfigError, match=r"state\.json is truncated or damaged"):
+        train(resume=run, progress_bar=False)
+    with pytest.raises(ConfigError, match="not an rltransfer run directory"):
+        train(resume=tmp_path, progress_bar=False)
+
+
+class Poison(BaseCallback):
+    """NaN injection: one weight becomes NaN at the end of the rollout that passes `step`."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def _on_rollout_end(self) -> None:
+        if self.num_timesteps >= self.step:
+            with torch.no_grad():
+                self.model.policy.action_net.weight[0, 0] = float("nan")
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def test_nan_parameter_stops_training_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, tiny_train: dict
+) -> None:
+    from rltransfer.agents import build_agent
+    from rltransfer.environment import make_envs
+    from rltransfer.io import prepare_run_dir
+    from rltransfer.training import run_training
+
+    config = parse_config(tiny_train, TrainConfig)
+    train_env, eval_env = make_envs(config.env, 0)
+    model = build_agent(config.agent, train_env, seed=0, device="cpu")
+    run = prepare_run_dir(config.log_root, config.name)
+    with pytest.raises(
+        NumericalError,
+        match=r"parameter action_net.weight became NaN or infinite (after|by) step 384.*"
+        r"learning rate.*last good checkpoint \(step 256\)",
+    ):
+        run_training(model, config, run, eval_env, kind="train", progress_bar=False, callbacks=[Poison(300)])
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    saved = torch.load(run / "checkpoint" / "state.pt", weights_only=True)["policy"]
+    assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
+
+
+WRITER = """
+import sys, time
+from rltransfer.io import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    with open(tmp, "w") as handle:
+        handle.write('{"half": ')
+        handle.flush()
+        print("writing", flush=True)
+        time.sleep(60)
+        handle.write('"never"}')
+"""
+
+
+def test_a_kill_during_a_save_leaves_the_old_file_whole(tmp_path: Path) -> None:
+    target = tmp_path / "run.json"
+    target.write_text('{"status": "old"}')
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "writing"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert json.loads(target.read_text()) == {"status": "old"}  # never torn
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "run.json"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".run.json.")  # the half-written temporary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_cli_train_signal_then_resume(tmp_path: Path, signum: int) -> None:
+    cli = [sys.executable, "-m", "rltransfer.cli", "train"]
+    run = tmp_path / "runs" / "source"
+    process = subprocess.Popen(
+        [
+            *cli,
+            "cartpole/source",
+            "--log-root",
+            str(tmp_path / "runs"),
+            "--name",
+            "source",
+            "--no-progress",
+            "--budget",
+            "1000000",
+            "--set",
+            "eval.every=500",
+            "--set",
+            "eval.episodes=2",
+            "--set",
+            "eval.threshold=null",
+            "--set",
+            "eval.patience=null",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoint" / "state.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, stderr
+    assert f"Stopped by {signal.Signals(signum).name}" in stderr and "rltransfer train --resume" in stderr
+    assert "Traceback" not in stderr
+    steps = json.loads((run / "checkpoint" / "state.json").read_text())["num_timesteps"]
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("budget: 1000000", f"budget: {steps + 1000}"))
+    resumed = subprocess.run(
+        [*cli, "--resume", str(run), "--no-progress"], capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming at step {steps:,}" in resumed.stdout
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "finished" and record["timesteps"] >= steps + 1000
