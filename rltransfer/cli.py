@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(transfer)
     transfer.add_argument("--source", help="source run directory or SB3 .zip (overrides the config)")
     study = commands.add_parser("study", help="compare transfer strategies with learning from scratch")
-    study.add_argument("config", help="YAML study config, or a shipped one such as cartpole/study")
+    study.add_argument("config", nargs="?", help="YAML study config, or a shipped one such as cartpole/study")
+    study.add_argument(
+        "--resume", metavar="STUDY_DIR", help="continue an interrupted study (its runs' checkpoints included)"
+    )
     study.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)"
     )
@@ -129,7 +132,21 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if args.workers is not None and args.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {args.workers}.")
-        study = load_config(resolve_config_path(args.config), StudyConfig, _overrides(args))
+        if args.resume:
+            from rltransfer.study import STUDY_CONFIG
+
+            if args.config or _overrides(args):
+                raise ConfigError(
+                    "--resume continues a study with its own saved config; give only --resume STUDY_DIR."
+                )
+            saved = Path(args.resume) / STUDY_CONFIG
+            if not saved.is_file():
+                raise ConfigError(f"{args.resume} is not an rltransfer study directory (no {STUDY_CONFIG}).")
+            study = load_config(saved, StudyConfig)
+        elif not args.config:
+            raise ConfigError("rltransfer study needs a CONFIG (e.g. cartpole/study) or --resume STUDY_DIR.")
+        else:
+            study = load_config(resolve_config_path(args.config), StudyConfig, _overrides(args))
         report = run_study(study, workers=args.workers)
         return 1 if report.failed else 0
     model = TrainConfig if args.command == "train" else TransferConfig

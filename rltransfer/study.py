@@ -16,10 +16,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -33,13 +34,17 @@ from rltransfer.config import (
     StudyStrategy,
     TrainConfig,
     TransferConfig,
+    dump_config,
     load_config,
     parse_agent,
     parse_config,
     resolve_config_path,
 )
 from rltransfer.errors import ConfigError, LayerSelectionError, TransferError, did_you_mean, short_list
-from rltransfer.io import write_json
+from rltransfer.interrupt import Interrupted, stop_on_signals, stop_requested
+from rltransfer.io import write_json, write_text
+
+STUDY_CONFIG = "study.yaml"
 
 BUILTIN_STRATEGIES = ("scratch", "finetune", "freeze-trunk", "head-only")
 RESULT = "result.json"
@@ -327,18 +332,28 @@ def execute_run(kind: str, config: dict[str, Any], run_dir: str, fingerprint: st
 
     torch.set_num_threads(1)
     path = Path(run_dir)
-    if path.exists():
-        shutil.rmtree(path)  # an unfinished attempt of this same run
+    parsed = parse_config(config, TrainConfig if kind == "train" else TransferConfig)
+    resume = _resumable(path, parsed)
+    if path.exists() and resume is None:
+        shutil.rmtree(path)  # an unfinished attempt of this same run, without a checkpoint to continue from
     started = time.perf_counter()
     try:
         if kind == "train":
             from rltransfer.training import train
 
-            result = train(parse_config(config, TrainConfig), progress_bar=False)
+            result = train(parsed if resume is None else None, progress_bar=False, resume=resume)
         else:
             from rltransfer.transfers import transfer
 
-            result = transfer(parse_config(config, TransferConfig), progress_bar=False, verbose=False)
+            result = transfer(
+                parsed if resume is None else None, progress_bar=False, verbose=False, resume=resume
+            )
+    except Interrupted as stop:  # Ctrl-C / SIGTERM: the run saved a checkpoint; the next attempt continues it
+        return {
+            "status": "interrupted",
+            "signal": stop.signum,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
     except Exception as error:  # one failing run must not take the study down
         record = {
             "status": "failed",
@@ -363,6 +378,15 @@ def execute_run(kind: str, config: dict[str, Any], run_dir: str, fingerprint: st
     return record
 
 
+def _resumable(path: Path, config: Any) -> Path | None:
+    """The run directory when it holds a checkpoint of exactly this run's config, else None."""
+    try:
+        same = (path / "config.yaml").read_text(encoding="utf-8") == dump_config(config)
+    except OSError:
+        return None
+    return path if same and (path / "checkpoint" / "state.json").is_file() else None
+
+
 def _train_source(plan: StudyPlan) -> Path:
     """Train the study's source once; a finished source with the same config is reused."""
     assert plan.source_config is not None
@@ -372,7 +396,10 @@ def _train_source(plan: StudyPlan) -> Path:
         print(f"Source: reusing {run_dir}", flush=True)
         return run_dir
     print(f"Source: training {plan.source_config.env.id} into {run_dir}", flush=True)
-    record = execute_run("train", plan.source_config.model_dump(mode="json"), str(run_dir), fingerprint)
+    with stop_on_signals():
+        record = execute_run("train", plan.source_config.model_dump(mode="json"), str(run_dir), fingerprint)
+    if record["status"] == "interrupted":
+        raise Interrupted(record["signal"], plan.study_dir, "study", " while training the source")
     if record["status"] != "finished":
         raise TransferError(
             f"The study's source failed to train: {record['error']}. See {run_dir / 'error.json'}."
@@ -391,6 +418,7 @@ def run_study(
     assert isinstance(config, StudyConfig)
     plan = plan_study(config)
     plan.study_dir.mkdir(parents=True, exist_ok=True)
+    write_text(plan.study_dir / STUDY_CONFIG, dump_config(config))  # what --resume STUDY_DIR runs again
     if plan.source_config is not None:
         _train_source(plan)
     results: dict[str, dict[str, Any]] = {}
@@ -406,18 +434,25 @@ def run_study(
         print(f"Resuming: {len(results)} of {total} runs already finished.", flush=True)
     workers = workers or os.cpu_count() or 1
     started = time.perf_counter()
-    _execute_all(pending, results, workers, total, progress)
+    _execute_all(pending, results, workers, total, progress, plan.study_dir)
     print(f"{len(pending)} runs in {time.perf_counter() - started:.0f} s with {workers} workers.", flush=True)
     return build_report(plan, results)
 
 
 def _execute_all(
-    pending: list[RunSpec], results: dict[str, dict[str, Any]], workers: int, total: int, progress: bool
+    pending: list[RunSpec],
+    results: dict[str, dict[str, Any]],
+    workers: int,
+    total: int,
+    progress: bool,
+    study_dir: Path,
 ) -> None:
     done = total - len(pending)
 
     def report(spec: RunSpec, record: dict[str, Any]) -> None:
         nonlocal done
+        if record["status"] == "interrupted":
+            return  # its checkpoint is in its run directory; the study stops below
         done += 1
         results[spec.key] = record
         if progress:
@@ -428,33 +463,67 @@ def _execute_all(
                 line = f"FAILED: {record['error']}"
             print(f"[{done}/{total}] {spec.key}: {line} ({record['seconds']:.0f} s)", flush=True)
 
-    if workers <= 1 or len(pending) <= 1:
-        for spec in pending:
-            report(spec, execute_run(spec.kind, spec.config, str(spec.run_dir), spec.fingerprint))
-        return
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=get_context("spawn"))
-    try:
-        futures = {
-            pool.submit(execute_run, spec.kind, spec.config, str(spec.run_dir), spec.fingerprint): spec
-            for spec in pending
-        }
-        for future in as_completed(futures):
-            spec = futures[future]
-            try:
-                record = future.result()
-            except BrokenProcessPool as error:
-                record = {"status": "failed", "error": f"worker process died ({error})", "seconds": 0.0}
-            except Exception as error:  # e.g. a result that could not be sent back
-                record = {"status": "failed", "error": f"{type(error).__name__}: {error}", "seconds": 0.0}
-            report(spec, record)
-    except BaseException:
-        # Ctrl-C or another interruption: drop the queued runs and stop the running ones now; the finished runs'
-        # results are already stored, so running the study again resumes after them
-        workers_running = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in workers_running:
-            process.terminate()
-        raise
+    def interrupted(signum: int) -> Interrupted:
+        finished = sum(1 for record in results.values() if record["status"] == "finished")
+        return Interrupted(
+            signum,
+            study_dir,
+            "study",
+            f" ({finished} of {total} runs finished; runs in progress saved checkpoints)",
+        )
+
+    with stop_on_signals():
+        if workers <= 1 or len(pending) <= 1:
+            for spec in pending:
+                report(spec, execute_run(spec.kind, spec.config, str(spec.run_dir), spec.fingerprint))
+                if stop_requested():
+                    raise interrupted(stop_requested() or signal.SIGINT)
+            return
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=get_context("spawn"))
+        try:
+            futures = {
+                pool.submit(execute_run, spec.kind, spec.config, str(spec.run_dir), spec.fingerprint): spec
+                for spec in pending
+            }
+            waiting = set(futures)
+            while waiting:
+                finished_now, waiting = wait(waiting, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in finished_now:
+                    spec = futures[future]
+                    try:
+                        record = future.result()
+                    except BrokenProcessPool as error:
+                        record = {
+                            "status": "failed",
+                            "error": f"worker process died ({error})",
+                            "seconds": 0.0,
+                        }
+                    except Exception as error:  # e.g. a result that could not be sent back
+                        record = {
+                            "status": "failed",
+                            "error": f"{type(error).__name__}: {error}",
+                            "seconds": 0.0,
+                        }
+                    report(spec, record)
+                signum = stop_requested()
+                if signum is not None:
+                    # queued runs are dropped; running ones get SIGTERM, save a checkpoint and stop
+                    running = list((getattr(pool, "_processes", None) or {}).values())
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    for process in running:
+                        if process.is_alive():
+                            process.terminate()
+                    for process in running:
+                        process.join(timeout=60)
+                    raise interrupted(signum)
+        except BaseException:
+            # a second Ctrl-C or another error: stop the workers now; finished runs' results are stored already
+            workers_running = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in workers_running:
+                if process.is_alive():
+                    process.kill()
+            raise
     pool.shutdown(wait=True)
     if any(str(record.get("error", "")).startswith("worker process died") for record in results.values()):
         print(

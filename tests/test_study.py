@@ -146,3 +146,40 @@ def test_a_changed_source_invalidates_stored_transfer_results(study, capsys) -> 
     run_study(study, workers=1)
     out = capsys.readouterr().out
     assert "Source: training" in out and "Resuming: 2 of 6 runs already finished." in out
+
+
+@pytest.mark.slow
+def test_study_interrupted_by_signal_resumes_its_runs_from_checkpoints(study, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    study.update(budget=6000, seeds=1, eval={"every": 500, "episodes": 2})
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(study))
+    study_dir = tmp_path / "runs" / "tiny-study"
+    cli = [sys.executable, "-m", "rltransfer.cli", "study"]
+    process = subprocess.Popen(
+        [*cli, str(config), "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if any(study_dir.glob("runs/*/*/*/checkpoint/state.json")):
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)  # the study process only: it asks its workers to checkpoint and stop
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Stopped by SIGINT" in stderr and f"rltransfer study --resume {study_dir}" in stderr
+    assert "Traceback" not in stderr
+    saved = {p.parent.parent for p in study_dir.glob("runs/*/*/*/checkpoint/state.json")}
+    assert saved and not any((run / "error.json").exists() for run in saved)
+    resumed = subprocess.run(
+        [*cli, "--resume", str(study_dir), "--workers", "2"], capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert (study_dir / "report.md").is_file()
+    for run in saved:  # the interrupted runs continued from their checkpoints rather than starting again
+        record = json.loads((run / "run.json").read_text())
+        assert record["status"] == "finished" and record["resumed_from"] > 0
