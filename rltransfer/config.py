@@ -177,6 +177,9 @@ class TransferConfig(RunConfig):
     """Two-phase fine-tuning: from the first update after this many steps the frozen layers train too (null: never)."""
     agent: AgentConfig | None = None
     """The target agent; null: the source run's agent (for a plain SB3 zip: the defaults)."""
+    trust_source: bool = False
+    """Load the source with SB3's full loader, which runs the pickled objects inside the file. Only for files
+    you trust; the default reads weights only and never executes anything from the file."""
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -361,6 +364,8 @@ class StudySource(_Section):
     """An rltransfer run directory or an SB3 .zip."""
     seed: int = Field(0, ge=0)
     """Seed of the source training (every target run pairs with this one source)."""
+    trust_source: bool = False
+    """With ``path``: load it with SB3's full loader (runs pickled objects in the file; only for trusted files)."""
 
 
 class StudyTarget(_Section):

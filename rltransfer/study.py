@@ -208,7 +208,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
         agent = config.agent or source_config.agent
         source_state = _probe_policy(source_config.agent, source_config.env).state_dict()
     else:
-        source = load_source(config.source.path)
+        source = load_source(config.source.path, trust=config.source.trust_source)
         source_path = source.path
         source_state = source.state_dict
         agent = config.agent or source_agent_config(source)
@@ -296,6 +296,7 @@ def _run_spec(
         freeze=layers["freeze"],
         reinit=layers["reinit"],
         unfreeze_at=layers["unfreeze_at"],
+        trust_source=bool(source_path and config.source.trust_source),
     )
     return RunSpec(label, strategy, seed, "transfer", run, run_dir, source_id)
 

@@ -101,8 +101,13 @@ def _group(keys: list[str]) -> dict[str, list[str]]:
     return groups
 
 
-def load_source(source: str | Path) -> SourceAgent:
-    """Read a source agent: an rltransfer run directory, or an SB3 ``.zip`` (rltransfer's or plain SB3's)."""
+def load_source(source: str | Path, trust: bool = False) -> SourceAgent:
+    """Read a source agent: an rltransfer run directory, or an SB3 ``.zip`` (rltransfer's or plain SB3's).
+
+    By default nothing in the file is unpickled: weights go through PyTorch's weights-only loader and the
+    architecture comes from the weights' shapes and SB3's readable JSON. ``trust=True`` (``trust_source: true``)
+    uses SB3's full loader instead, which runs the pickled objects in the file: only for files you trust, e.g. a
+    source with custom policy classes the readable data cannot describe."""
     path = Path(source)
     if not path.exists() and path.with_name(path.name + ".zip").exists():
         path = path.with_name(path.name + ".zip")
@@ -118,7 +123,7 @@ def load_source(source: str | Path) -> SourceAgent:
             f"Source agent {path} does not exist. Set `source` to an rltransfer run directory (e.g. runs/NAME) "
             "or to an SB3 .zip saved with model.save(...); relative paths start at the current directory."
         )
-    state_dict, data = _read_zip(path)
+    state_dict, data = _read_zip_trusted(path) if trust else _read_zip(path)
     agent = None
     config_path = path.parent / "config.yaml"
     if (path.parent / "run.json").exists() and config_path.exists():
@@ -129,6 +134,30 @@ def load_source(source: str | Path) -> SourceAgent:
     return SourceAgent(
         path=path, state_dict=state_dict, agent=agent, algo=algo, activation=_activation_from_data(data)
     )
+
+
+def _read_zip_trusted(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """SB3's own loader (unpickles the file's objects), its results put in the readable-data form used below."""
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    try:
+        data, params, _ = load_from_zip_file(path, device="cpu")
+    except Exception as error:
+        raise TransferError(f"SB3 could not load {path} ({type(error).__name__}: {error}).") from None
+    if not data or "policy" not in (params or {}):
+        raise TransferError(f"{path} holds no SB3 policy weights.")
+    readable: dict[str, Any] = {
+        key: value for key, value in data.items() if isinstance(value, (int, float, str))
+    }
+    policy_class = data.get("policy_class")
+    if isinstance(policy_class, type):
+        readable["policy_class"] = {"__module__": policy_class.__module__}
+    kwargs = data.get("policy_kwargs") or {}
+    activation = kwargs.get("activation_fn")
+    readable["policy_kwargs"] = {"activation_fn": str(activation)} if activation is not None else {}
+    if "clip_range" in data:
+        readable["clip_range"] = True
+    return params["policy"], readable
 
 
 def _read_zip(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -283,7 +312,7 @@ def transfer(
         config = resume_config(resume, TransferConfig)
     config = coerce_config(config, TransferConfig)
     assert isinstance(config, TransferConfig)
-    source = load_source(config.source)
+    source = load_source(config.source, trust=config.trust_source)
     agent = config.agent or source_agent_config(source)
     train_env, eval_env = make_envs(config.env, config.seed)
     model = build_agent(agent, train_env, seed=config.seed, device=resolve_device(config.device))

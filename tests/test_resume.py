@@ -196,3 +196,57 @@ def test_an_exploding_parameter_is_named() -> None:
         NumericalError, match=r"parameter fc.weight became NaN or infinite.*learning rate \(0.5\)"
     ):
         vision_training.check_finite(model, "transfer stage head, epoch 2", 0.5)
+
+
+def test_torn_model_files_are_detected_with_a_clear_error(tmp_path: Path, uninterrupted: Path) -> None:
+    import shutil
+
+    from rltransfer.errors import TransferError
+    from rltransfer.vision.models import load_classifier
+
+    model = tmp_path / "model"
+    shutil.copytree(uninterrupted / "model", model)
+    (model / "model.pt").write_bytes((uninterrupted / "model" / "model.pt").read_bytes()[:1000])
+    with pytest.raises(TransferError, match=r"Cannot read weights from .*model\.pt.*truncated"):
+        load_classifier(model)
+    (model / "model.json").write_text('{"arch": "small_cnn", "num_cl')
+    with pytest.raises(TransferError, match=r"model\.json is damaged"):
+        load_classifier(model)
+
+
+@pytest.mark.slow
+def test_sigkill_resumes_from_the_last_periodic_checkpoint(tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "rltransfer.cli", "image"]
+    run = tmp_path / "runs" / "digits"
+    process = subprocess.Popen(
+        [
+            *cli,
+            "images/digits",
+            "--log-root",
+            str(tmp_path / "runs"),
+            "--no-progress",
+            "--device",
+            "cpu",
+            "--set",
+            "checkpoint_seconds=0",
+            "--set",
+            "source.stages=[{name: s, train: ['*'], epochs: 400}]",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.kill()  # no chance to save anything: the last periodic checkpoint must do
+    process.wait(timeout=30)
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)  # whole, never torn
+    epoch = checkpoint["state"]["stage_epoch"]
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("epochs: 400", f"epochs: {epoch + 2}"))
+    resumed = subprocess.run(
+        [*cli, "--resume", str(run), "--no-progress"], capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed after epoch {epoch}" in resumed.stdout and (run / "model" / "model.pt").is_file()

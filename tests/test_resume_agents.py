@@ -258,3 +258,47 @@ def test_cli_train_signal_then_resume(tmp_path: Path, signum: int) -> None:
     assert f"Resuming at step {steps:,}" in resumed.stdout
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "finished" and record["timesteps"] >= steps + 1000
+
+
+@pytest.mark.slow
+def test_sigkilled_training_resumes_from_its_last_evaluation_checkpoint(tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "rltransfer.cli", "train"]
+    run = tmp_path / "runs" / "source"
+    process = subprocess.Popen(
+        [
+            *cli,
+            "cartpole/source",
+            "--log-root",
+            str(tmp_path / "runs"),
+            "--name",
+            "source",
+            "--no-progress",
+            "--budget",
+            "1000000",
+            "--set",
+            "eval.every=500",
+            "--set",
+            "eval.episodes=2",
+            "--set",
+            "eval.threshold=null",
+            "--set",
+            "eval.patience=null",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoint" / "state.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.kill()
+    process.wait(timeout=30)
+    steps = read_agent_checkpoint(run)["num_timesteps"]  # digests match: the checkpoint is whole
+    assert steps % 500 == 0 and json.loads((run / "run.json").read_text())["status"] == "running"
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("budget: 1000000", f"budget: {steps + 1000}"))
+    resumed = subprocess.run(
+        [*cli, "--resume", str(run), "--no-progress"], capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming at step {steps:,}" in resumed.stdout

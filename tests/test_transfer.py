@@ -272,3 +272,32 @@ def test_planted_payloads_in_an_agent_file_never_run(tmp_path) -> None:
     control = tmp_path / "ran-when-unpickled"
     pickle.loads(pickle.dumps(_Payload(str(control))))  # the payload is live: plain unpickling runs it
     assert control.exists()
+
+
+def test_trust_source_opts_in_to_sb3s_full_loader(tmp_path) -> None:
+    """The full loader runs what the file carries (so it is opt-in) and reads the same weights."""
+    import base64
+    import pickle
+    import zipfile
+
+    path, _ = plain_sb3_source(tmp_path)
+    plain = load_source(path)
+    trusted = load_source(path, trust=True)
+    assert trusted.algo == plain.algo and trusted.activation == plain.activation
+    assert all(torch.equal(trusted.state_dict[k], v) for k, v in plain.state_dict.items())
+    marker = tmp_path / "ran"
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    data = json.loads(files["data"])
+    data["policy_kwargs"][":serialized:"] = base64.b64encode(pickle.dumps(_Payload(str(marker)))).decode()
+    files["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    load_source(path)
+    assert not marker.exists()  # default: never executed
+    try:
+        load_source(path, trust=True)
+    except Exception:
+        pass  # the payload replaces policy_kwargs with a file object, which SB3 then cannot use
+    assert marker.exists()  # opted in: SB3's loader unpickled (and so ran) it
