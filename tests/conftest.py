@@ -45,3 +45,61 @@ def tiny_transfer(tmp_path: Path) -> dict[str, Any]:
         "env": {"id": "rltransfer/CartPoleLongPole-v1", "n_envs": 4},
         "eval": {"every": 256, "episodes": 2, "patience": None},
     }
+
+
+class Cli:
+    """Running ``rltransfer`` in subprocesses: long runs to interrupt, signals, saved-config edits."""
+
+    @staticmethod
+    def rltransfer_cli(*args: str) -> list[str]:
+        """The command line that runs ``rltransfer ARGS...`` with this interpreter."""
+        import sys
+
+        return [sys.executable, "-m", "rltransfer.cli", *args]
+
+    @staticmethod
+    def long_image_run(log_root: Path) -> list[str]:
+        """``rltransfer image`` on the digits with a 400-epoch source and a checkpoint after every epoch."""
+        return Cli.rltransfer_cli(
+            "image", "images/digits", "--log-root", str(log_root), "--no-progress", "--device", "cpu",
+            "--set", "checkpoint_seconds=0", "--set", "source.stages=[{name: s, train: ['*'], epochs: 400}]",
+        )  # fmt: skip
+
+    @staticmethod
+    def long_train_run(log_root: Path) -> list[str]:
+        """``rltransfer train`` of the CartPole source into LOG_ROOT/source for a million steps, evaluating every 500."""
+        return Cli.rltransfer_cli(
+            "train", "cartpole/source", "--log-root", str(log_root), "--name", "source", "--no-progress",
+            "--budget", "1000000", "--set", "eval.every=500", "--set", "eval.episodes=2",
+            "--set", "eval.threshold=null", "--set", "eval.patience=null",
+        )  # fmt: skip
+
+    @staticmethod
+    def signal_when_ready(
+        command: list[str], ready: Path, signum: int, settle: float = 0.0
+    ) -> tuple[int, str]:
+        """Start `command`, wait (up to 2 minutes) until the file `ready` exists, then `settle` seconds more, send
+        `signum`; return the exit code and what it printed on stderr."""
+        import subprocess
+        import time
+
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(settle)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=120)
+        return process.returncode, stderr
+
+    @staticmethod
+    def shorten_budget(run_dir: Path, old: str, new: str) -> None:
+        """Edit the saved config of an interrupted run (so that its resumption ends soon)."""
+        config = run_dir / "config.yaml"
+        config.write_text(config.read_text().replace(old, new))
+
+
+@pytest.fixture
+def cli() -> type[Cli]:
+    """The :class:`Cli` helpers."""
+    return Cli

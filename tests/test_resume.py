@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -106,47 +104,25 @@ def test_resume_refuses_finished_damaged_and_foreign_runs(tmp_path: Path, uninte
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_cli_image_signal_then_resume(tmp_path: Path, signum: int) -> None:
-    cli = [sys.executable, "-m", "rltransfer.cli", "image"]
+def test_cli_image_signal_then_resume(tmp_path: Path, signum: int, cli: Any) -> None:
     run = tmp_path / "runs" / "digits"
-    process = subprocess.Popen(
-        [
-            *cli,
-            "images/digits",
-            "--log-root",
-            str(tmp_path / "runs"),
-            "--no-progress",
-            "--device",
-            "cpu",
-            "--set",
-            "checkpoint_seconds=0",
-            "--set",
-            "source.stages=[{name: s, train: ['*'], epochs: 400}]",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoint.pt").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signum, stderr
+    code, stderr = cli.signal_when_ready(cli.long_image_run(tmp_path / "runs"), run / "checkpoint.pt", signum)
+    assert code == 128 + signum, stderr
     assert f"Stopped by {signal.Signals(signum).name}" in stderr and "--resume" in stderr
     assert "Traceback" not in stderr and (run / "checkpoint.pt").is_file()
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert checkpoint["phase"] == "source" and checkpoint["state"]["stage_epoch"] >= 1
+    epoch = checkpoint["state"]["stage_epoch"]
+    assert checkpoint["phase"] == "source" and epoch >= 1
     # continue it, with the source shortened so the test ends: the resumed run uses the run's own config.yaml
-    config = run / "config.yaml"
-    config.write_text(
-        config.read_text().replace("epochs: 400", f"epochs: {checkpoint['state']['stage_epoch'] + 2}")
-    )
+    cli.shorten_budget(run, "epochs: 400", f"epochs: {epoch + 2}")
     resumed = subprocess.run(
-        [*cli, "--resume", str(run), "--no-progress"], capture_output=True, text=True, timeout=300
+        cli.rltransfer_cli("image", "--resume", str(run), "--no-progress"),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resumed after epoch {checkpoint['state']['stage_epoch']}" in resumed.stdout
+    assert f"resumed after epoch {epoch}" in resumed.stdout
     assert "transferred model test accuracy" in resumed.stdout and (run / "model" / "model.pt").is_file()
 
 
@@ -215,38 +191,20 @@ def test_torn_model_files_are_detected_with_a_clear_error(tmp_path: Path, uninte
 
 
 @pytest.mark.slow
-def test_sigkill_resumes_from_the_last_periodic_checkpoint(tmp_path: Path) -> None:
-    cli = [sys.executable, "-m", "rltransfer.cli", "image"]
+def test_sigkill_resumes_from_the_last_periodic_checkpoint(tmp_path: Path, cli: Any) -> None:
     run = tmp_path / "runs" / "digits"
-    process = subprocess.Popen(
-        [
-            *cli,
-            "images/digits",
-            "--log-root",
-            str(tmp_path / "runs"),
-            "--no-progress",
-            "--device",
-            "cpu",
-            "--set",
-            "checkpoint_seconds=0",
-            "--set",
-            "source.stages=[{name: s, train: ['*'], epochs: 400}]",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    # no chance to save anything: the last periodic checkpoint must do
+    cli.signal_when_ready(
+        cli.long_image_run(tmp_path / "runs"), run / "checkpoint.pt", signal.SIGKILL, settle=1.0
     )
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoint.pt").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
-    process.kill()  # no chance to save anything: the last periodic checkpoint must do
-    process.wait(timeout=30)
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)  # whole, never torn
     epoch = checkpoint["state"]["stage_epoch"]
-    config = run / "config.yaml"
-    config.write_text(config.read_text().replace("epochs: 400", f"epochs: {epoch + 2}"))
+    cli.shorten_budget(run, "epochs: 400", f"epochs: {epoch + 2}")
     resumed = subprocess.run(
-        [*cli, "--resume", str(run), "--no-progress"], capture_output=True, text=True, timeout=300
+        cli.rltransfer_cli("image", "--resume", str(run), "--no-progress"),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed after epoch {epoch}" in resumed.stdout and (run / "model" / "model.pt").is_file()

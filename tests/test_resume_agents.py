@@ -7,8 +7,8 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -213,46 +213,21 @@ def test_a_kill_during_a_save_leaves_the_old_file_whole(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_cli_train_signal_then_resume(tmp_path: Path, signum: int) -> None:
-    cli = [sys.executable, "-m", "rltransfer.cli", "train"]
+def test_cli_train_signal_then_resume(tmp_path: Path, signum: int, cli: Any) -> None:
     run = tmp_path / "runs" / "source"
-    process = subprocess.Popen(
-        [
-            *cli,
-            "cartpole/source",
-            "--log-root",
-            str(tmp_path / "runs"),
-            "--name",
-            "source",
-            "--no-progress",
-            "--budget",
-            "1000000",
-            "--set",
-            "eval.every=500",
-            "--set",
-            "eval.episodes=2",
-            "--set",
-            "eval.threshold=null",
-            "--set",
-            "eval.patience=null",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    code, stderr = cli.signal_when_ready(
+        cli.long_train_run(tmp_path / "runs"), run / "checkpoint" / "state.json", signum
     )
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoint" / "state.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signum, stderr
+    assert code == 128 + signum, stderr
     assert f"Stopped by {signal.Signals(signum).name}" in stderr and "rltransfer train --resume" in stderr
     assert "Traceback" not in stderr
     steps = json.loads((run / "checkpoint" / "state.json").read_text())["num_timesteps"]
-    config = run / "config.yaml"
-    config.write_text(config.read_text().replace("budget: 1000000", f"budget: {steps + 1000}"))
+    cli.shorten_budget(run, "budget: 1000000", f"budget: {steps + 1000}")
     resumed = subprocess.run(
-        [*cli, "--resume", str(run), "--no-progress"], capture_output=True, text=True, timeout=300
+        cli.rltransfer_cli("train", "--resume", str(run), "--no-progress"),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr
     assert f"Resuming at step {steps:,}" in resumed.stdout
@@ -261,44 +236,19 @@ def test_cli_train_signal_then_resume(tmp_path: Path, signum: int) -> None:
 
 
 @pytest.mark.slow
-def test_sigkilled_training_resumes_from_its_last_evaluation_checkpoint(tmp_path: Path) -> None:
-    cli = [sys.executable, "-m", "rltransfer.cli", "train"]
+def test_sigkilled_training_resumes_from_its_last_evaluation_checkpoint(tmp_path: Path, cli: Any) -> None:
     run = tmp_path / "runs" / "source"
-    process = subprocess.Popen(
-        [
-            *cli,
-            "cartpole/source",
-            "--log-root",
-            str(tmp_path / "runs"),
-            "--name",
-            "source",
-            "--no-progress",
-            "--budget",
-            "1000000",
-            "--set",
-            "eval.every=500",
-            "--set",
-            "eval.episodes=2",
-            "--set",
-            "eval.threshold=null",
-            "--set",
-            "eval.patience=null",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    cli.signal_when_ready(
+        cli.long_train_run(tmp_path / "runs"), run / "checkpoint" / "state.json", signal.SIGKILL, 1.0
     )
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoint" / "state.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
-    process.kill()
-    process.wait(timeout=30)
     steps = read_agent_checkpoint(run)["num_timesteps"]  # digests match: the checkpoint is whole
     assert steps % 500 == 0 and json.loads((run / "run.json").read_text())["status"] == "running"
-    config = run / "config.yaml"
-    config.write_text(config.read_text().replace("budget: 1000000", f"budget: {steps + 1000}"))
+    cli.shorten_budget(run, "budget: 1000000", f"budget: {steps + 1000}")
     resumed = subprocess.run(
-        [*cli, "--resume", str(run), "--no-progress"], capture_output=True, text=True, timeout=300
+        cli.rltransfer_cli("train", "--resume", str(run), "--no-progress"),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr
     assert f"Resuming at step {steps:,}" in resumed.stdout
