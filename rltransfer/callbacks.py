@@ -220,10 +220,8 @@ class Checkpointing(BaseCallback):
     def _on_step(self) -> bool:
         from rltransfer.interrupt import stop_requested
 
-        if self.numerical is not None:
-            return False
         signum = stop_requested()
-        if signum is not None:
+        if signum is not None and self.evaluation.stop_reason is None:  # a run stopping anyway just finishes
             self.signal = signum
             return False
         every = self.evaluation.eval_freq

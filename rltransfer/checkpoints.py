@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,11 +72,13 @@ def _optimizers(model: BaseAlgorithm) -> dict[str, torch.optim.Optimizer]:
 
 
 def save_agent_checkpoint(model: BaseAlgorithm, run_dir: Path, callbacks: dict[str, Any]) -> Path:
-    """Write ``run_dir/checkpoint/``: state.pt (weights, optimizers, RNG), replay_buffer.npz for off-policy
-    agents, then state.json (counters, callback state, each file's digest) last, so a checkpoint whose state.json
-    exists is complete."""
+    """Write ``run_dir/checkpoint/``: a state file (weights, optimizers, RNG) and, for off-policy agents, a replay
+    buffer file, each under a name of its own, then ``state.json`` (counters, callback state, the files' names and
+    digests) replaces the previous one in one rename, and only then are the previous files deleted: a crash at any
+    moment leaves either the old checkpoint or the new one, whole."""
     folder = run_dir / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
+    token = f"{int(model.num_timesteps)}-{secrets.token_hex(4)}"
     tensors = {
         "policy": cpu_copy(model.policy.state_dict()),
         "optimizers": {name: cpu_copy(opt.state_dict()) for name, opt in _optimizers(model).items()},
@@ -83,29 +86,35 @@ def save_agent_checkpoint(model: BaseAlgorithm, run_dir: Path, callbacks: dict[s
         "rng": rng_state(),
     }
     files = {}
-    with atomic_path(folder / "state.pt", suffix=".pt") as tmp:
+    with atomic_path(folder / f"state-{token}.pt", suffix=".pt") as tmp:
         torch.save(tensors, tmp)
-    files["state.pt"] = digest(folder / "state.pt")
+    files["state"] = [f"state-{token}.pt", digest(folder / f"state-{token}.pt")]
     buffer = getattr(model, "replay_buffer", None)
     if buffer is not None:
         arrays = {
             name: getattr(buffer, name) for name in _BUFFER_FIELDS if getattr(buffer, name, None) is not None
         }
         arrays["position"] = np.asarray([buffer.pos, int(buffer.full)])
-        with atomic_path(folder / "replay_buffer.npz", suffix=".npz") as tmp:
+        name = f"replay_buffer-{token}.npz"
+        with atomic_path(folder / name, suffix=".npz") as tmp:
             with open(tmp, "wb") as handle:
                 np.savez(handle, **arrays)
-        files["replay_buffer.npz"] = digest(folder / "replay_buffer.npz")
+        files["replay_buffer"] = [name, digest(folder / name)]
     write_json(
         folder / "state.json",
         {
             "num_timesteps": int(model.num_timesteps),
             "n_updates": int(getattr(model, "_n_updates", 0)),
             "episode_num": int(getattr(model, "_episode_num", 0)),
+            "n_calls": int(getattr(model, "_n_calls", 0)),  # DQN: schedules its target-network updates
             "callbacks": callbacks,
             "files": files,
         },
     )
+    keep = {name for name, _ in files.values()} | {"state.json"}
+    for path in folder.iterdir():
+        if path.name not in keep and not path.name.startswith("."):
+            path.unlink(missing_ok=True)
     return folder
 
 
@@ -123,7 +132,7 @@ def read_agent_checkpoint(run_dir: Path) -> dict[str, Any]:
         raise ConfigError(
             f"{folder / 'state.json'} is truncated or damaged ({error}); start the run again."
         ) from None
-    for name, expected in state.get("files", {}).items():
+    for name, expected in state.get("files", {}).values():
         path = folder / name
         if not path.is_file() or digest(path) != expected:
             raise ConfigError(
@@ -138,7 +147,9 @@ def load_agent_checkpoint(model: BaseAlgorithm, state: dict[str, Any]) -> None:
     """Put a checkpoint's weights, optimizer states, replay buffer, counters and RNG into a freshly built agent
     whose layers are frozen as they were when it was saved."""
     folder: Path = state["folder"]
-    tensors = torch.load(folder / "state.pt", map_location=model.device, weights_only=True)
+    files = state["files"]
+    # loaded on the CPU (the RNG states must stay there); load_state_dict moves weights to the agent's device
+    tensors = torch.load(folder / files["state"][0], map_location="cpu", weights_only=True)
     model.policy.load_state_dict(tensors["policy"])
     optimizers = _optimizers(model)
     for name, saved in tensors["optimizers"].items():
@@ -146,9 +157,9 @@ def load_agent_checkpoint(model: BaseAlgorithm, state: dict[str, Any]) -> None:
     if tensors.get("log_ent_coef") is not None:
         with torch.no_grad():
             model.log_ent_coef.copy_(tensors["log_ent_coef"])
-    if (folder / "replay_buffer.npz").is_file():
+    if "replay_buffer" in files:
         buffer = model.replay_buffer
-        with np.load(folder / "replay_buffer.npz", allow_pickle=False) as arrays:
+        with np.load(folder / files["replay_buffer"][0], allow_pickle=False) as arrays:
             for name in _BUFFER_FIELDS:
                 if name in arrays:
                     getattr(buffer, name)[...] = arrays[name]
@@ -156,4 +167,6 @@ def load_agent_checkpoint(model: BaseAlgorithm, state: dict[str, Any]) -> None:
     model.num_timesteps = state["num_timesteps"]
     model._n_updates = state["n_updates"]
     model._episode_num = state["episode_num"]
+    if hasattr(model, "_n_calls"):
+        model._n_calls = state.get("n_calls", 0)
     set_rng_state(tensors["rng"])

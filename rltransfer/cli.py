@@ -142,7 +142,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             saved = Path(args.resume) / STUDY_CONFIG
             if not saved.is_file():
                 raise ConfigError(f"{args.resume} is not an rltransfer study directory (no {STUDY_CONFIG}).")
-            study = load_config(saved, StudyConfig)
+            # the study lives where it is now, whatever log_root it was started with
+            where = Path(args.resume).resolve()
+            study = load_config(saved, StudyConfig, {"log_root": str(where.parent), "name": where.name})
         elif not args.config:
             raise ConfigError("rltransfer study needs a CONFIG (e.g. cartpole/study) or --resume STUDY_DIR.")
         else:

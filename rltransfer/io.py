@@ -29,6 +29,11 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        descriptor = os.open(tmp_path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)  # on disk before it takes the real name, so a power cut cannot tear it either
+        finally:
+            os.close(descriptor)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

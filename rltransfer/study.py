@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import sys
 import time
 import traceback
@@ -27,6 +26,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from rltransfer.checkpoints import digest
 from rltransfer.config import (
     AgentConfig,
     EnvConfig,
@@ -45,6 +45,7 @@ from rltransfer.interrupt import Interrupted, stop_on_signals, stop_requested
 from rltransfer.io import write_json, write_text
 
 STUDY_CONFIG = "study.yaml"
+INTERRUPTED = "interrupted.json"  # left by an interrupted study run: which run its checkpoint belongs to
 
 BUILTIN_STRATEGIES = ("scratch", "finetune", "freeze-trunk", "head-only")
 RESULT = "result.json"
@@ -215,7 +216,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     source_id = (
         _fingerprint(source_config.model_dump_json())
         if source_config
-        else _file_digest(Path(source_path or ""))
+        else digest(Path(source_path or ""))[:16]
     )
     n_envs = config.n_envs or (source_config.env.n_envs if source_config else 1)
     strategies = _strategies(config)
@@ -305,14 +306,6 @@ def _fingerprint(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def finished_result(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
     """The stored result of a finished run with this exact config, else None."""
     path = run_dir / RESULT
@@ -328,28 +321,29 @@ def finished_result(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
 
 
 def execute_run(kind: str, config: dict[str, Any], run_dir: str, fingerprint: str) -> dict[str, Any]:
-    """Run one study run (in a worker process) and store its result beside it; failures are returned, not raised."""
+    """Run one study run (in a worker process) and store its result beside it; failures are returned, not raised.
+
+    A run that an earlier attempt left interrupted, with a checkpoint of this same run (config and source, by
+    fingerprint), continues from it; any other leftover is cleared and the run starts afresh."""
+    import multiprocessing
+
     import torch
 
-    torch.set_num_threads(1)
+    if multiprocessing.current_process().name != "MainProcess":
+        torch.set_num_threads(1)  # one thread per worker; runs in the caller's process keep its setting
     path = Path(run_dir)
     parsed = parse_config(config, TrainConfig if kind == "train" else TransferConfig)
-    resume = _resumable(path, parsed)
-    if path.exists() and resume is None:
-        shutil.rmtree(path)  # an unfinished attempt of this same run, without a checkpoint to continue from
     started = time.perf_counter()
     try:
-        if kind == "train":
-            from rltransfer.training import train
-
-            result = train(parsed if resume is None else None, progress_bar=False, resume=resume)
-        else:
-            from rltransfer.transfers import transfer
-
-            result = transfer(
-                parsed if resume is None else None, progress_bar=False, verbose=False, resume=resume
-            )
+        try:
+            result = _run(kind, parsed, path, resume=_resumable(path, fingerprint))
+        except ConfigError:
+            if not _resumable(path, fingerprint):
+                raise
+            # the checkpoint cannot be used (damaged, or the run had in fact finished): start this run afresh
+            result = _run(kind, parsed, path, resume=False)
     except Interrupted as stop:  # Ctrl-C / SIGTERM: the run saved a checkpoint; the next attempt continues it
+        write_json(path / INTERRUPTED, {"fingerprint": fingerprint, "signal": stop.signum})
         return {
             "status": "interrupted",
             "signal": stop.signum,
@@ -375,17 +369,37 @@ def execute_run(kind: str, config: dict[str, Any], run_dir: str, fingerprint: st
         "seconds": round(result.seconds, 2),
         "frozen_unchanged": getattr(result, "frozen_unchanged", None),
     }
+    (path / INTERRUPTED).unlink(missing_ok=True)
     write_json(path / RESULT, record)
     return record
 
 
-def _resumable(path: Path, config: Any) -> Path | None:
-    """The run directory when it holds a checkpoint of exactly this run's config, else None."""
+def _run(kind: str, config: TrainConfig | TransferConfig, path: Path, resume: bool) -> Any:
+    from rltransfer.training import train
+    from rltransfer.transfers import transfer
+
+    if not resume:
+        shutil.rmtree(path, ignore_errors=True)  # an unfinished attempt without a usable checkpoint
+        if kind == "train":
+            return train(config, progress_bar=False)
+        return transfer(config, progress_bar=False, verbose=False)
+    if kind == "train":
+        return train(progress_bar=False, resume=path)
+    return transfer(progress_bar=False, verbose=False, resume=path)
+
+
+def _resumable(path: Path, fingerprint: str) -> bool:
+    """True when the run directory holds a checkpoint that an interrupted attempt of this same run (same config
+    and source: the fingerprint) left behind."""
     try:
-        same = (path / "config.yaml").read_text(encoding="utf-8") == dump_config(config)
-    except OSError:
-        return None
-    return path if same and (path / "checkpoint" / "state.json").is_file() else None
+        marker = json.loads((path / INTERRUPTED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(marker, dict)
+        and marker.get("fingerprint") == fingerprint
+        and (path / "checkpoint" / "state.json").is_file()
+    )
 
 
 def _train_source(plan: StudyPlan) -> Path:
@@ -450,10 +464,13 @@ def _execute_all(
 ) -> None:
     done = total - len(pending)
 
+    stopped: list[int] = []
+
     def report(spec: RunSpec, record: dict[str, Any]) -> None:
         nonlocal done
         if record["status"] == "interrupted":
-            return  # its checkpoint is in its run directory; the study stops below
+            stopped.append(record["signal"])  # its checkpoint is in its run directory; the study stops below
+            return
         done += 1
         results[spec.key] = record
         if progress:
@@ -477,8 +494,8 @@ def _execute_all(
         if workers <= 1 or len(pending) <= 1:
             for spec in pending:
                 report(spec, execute_run(spec.kind, spec.config, str(spec.run_dir), spec.fingerprint))
-                if stop_requested():
-                    raise interrupted(stop_requested() or signal.SIGINT)
+                if stop_requested() or stopped:
+                    raise interrupted(stop_requested() or stopped[0])
             return
         pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=get_context("spawn"))
         try:
@@ -517,6 +534,8 @@ def _execute_all(
                     for process in running:
                         process.join(timeout=60)
                     raise interrupted(signum)
+            if stopped:  # a signal that reached only a worker: its run stopped, so the study is not complete
+                raise interrupted(stopped[0])
         except BaseException:
             # a second Ctrl-C or another error: stop the workers now; finished runs' results are stored already
             workers_running = list((getattr(pool, "_processes", None) or {}).values())

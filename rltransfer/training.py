@@ -32,7 +32,7 @@ from rltransfer.callbacks import (
 from rltransfer.checkpoints import CHECKPOINT_DIR, load_agent_checkpoint, read_agent_checkpoint
 from rltransfer.config import RunConfig, TrainConfig, dump_config, load_config, parse_config
 from rltransfer.environment import make_envs, reward_threshold
-from rltransfer.errors import ConfigError, NumericalError
+from rltransfer.errors import ConfigError, NumericalError, RLTransferError
 from rltransfer.interrupt import Interrupted, stop_on_signals
 from rltransfer.io import prepare_run_dir, save_model, versions, write_json, write_text
 from rltransfer.layers import count_parameters
@@ -114,12 +114,14 @@ def resume_config(run_dir: str | Path, model: type[RunConfig]) -> RunConfig:
     kind = "train" if model is TrainConfig else "transfer"
     try:
         record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    except OSError:
         raise ConfigError(
             f"{run_dir} is not an rltransfer run directory (no run.json). Give the run's folder."
         ) from None
     except ValueError as error:
         raise ConfigError(f"{run_dir / 'run.json'} is truncated or damaged ({error}).") from None
+    if not isinstance(record, dict):
+        raise ConfigError(f"{run_dir / 'run.json'} is damaged (not a JSON object).")
     if record.get("kind") != kind:
         raise ConfigError(
             f"{run_dir} is a `{record.get('kind')}` run; resume it with `rltransfer {record.get('kind')} --resume`."
@@ -190,10 +192,16 @@ def run_training(
     checkpointing = Checkpointing(run_dir, evaluation, callbacks or [])
     remaining = config.budget
     if checkpoint is not None:
-        _restore(model, checkpoint, evaluation, callbacks or [])
+        try:
+            _restore(model, checkpoint, evaluation, callbacks or [])
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise ConfigError(
+                f"The checkpoint in {run_dir / CHECKPOINT_DIR} does not fit the agent built from {run_dir / 'config.yaml'} "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); was the config edited? Start the run "
+                "again without --resume."
+            ) from None
         remaining = max(1, config.budget - model.num_timesteps)
     started = time.perf_counter()
-    numerical = False
     try:
         with stop_on_signals():
             model.learn(
@@ -217,8 +225,7 @@ def run_training(
             checkpointing.numerical = checkpointing.numerical or (
                 f"parameter {bad} became NaN or infinite by step {model.num_timesteps:,}"
             )
-            numerical = True
-        elif isinstance(error, (TypeError, ValueError)):
+        elif isinstance(error, (TypeError, ValueError)) and not isinstance(error, RLTransferError):
             raise ConfigError(
                 f"Training stopped at step {model.num_timesteps:,} with {type(error).__name__}: {brief}. This usually "
                 "comes from a setting of the wrong type or range in `agent.hyperparams`; check it in the config."
@@ -229,7 +236,7 @@ def run_training(
         model.get_env().close()  # type: ignore[union-attr]
         eval_env.close()
         model.logger.close()
-    if numerical or checkpointing.numerical is not None:
+    if checkpointing.numerical is not None:
         lr = model.lr_schedule(model._current_progress_remaining)
         kept = (
             f"the last good checkpoint (step {checkpointing.saved_at:,}) is in {run_dir / CHECKPOINT_DIR}"

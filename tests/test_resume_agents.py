@@ -23,6 +23,12 @@ from rltransfer.interrupt import Interrupted
 from rltransfer.training import train
 
 
+def state_file(run: Path) -> Path:
+    """The weights-and-optimizers file of a run's checkpoint, as its state.json names it."""
+    folder = run / "checkpoint"
+    return folder / json.loads((folder / "state.json").read_text())["files"]["state"][0]
+
+
 def stop_after(monkeypatch: pytest.MonkeyPatch, calls: int, signum: int = signal.SIGINT) -> None:
     """Make the training loop see a stop request at its `calls`-th check (one check per vectorised step)."""
     seen = []
@@ -53,7 +59,7 @@ def test_train_interrupt_then_resume(
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     assert state["num_timesteps"] == 320 and state["callbacks"]["evaluation"]["curve"][-1]["step"] == 256
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
-    saved = torch.load(run / "checkpoint" / "state.pt", weights_only=True)["policy"]
+    saved = torch.load(state_file(run), weights_only=True)["policy"]
     monkeypatch.setattr(interrupt, "stop_requested", lambda: None)
     result = train(resume=run, progress_bar=False)
     assert result.timesteps >= 512 and [p["step"] for p in result.curve] == [0, 256, 512]
@@ -136,9 +142,9 @@ def test_damaged_checkpoints_are_refused(
     with pytest.raises(Interrupted):
         train(tiny_train, progress_bar=False)
     run = Path(tiny_train["log_root"]) / "tiny-source"
-    state = run / "checkpoint" / "state.pt"
+    state = state_file(run)
     state.write_bytes(state.read_bytes()[:-100])  # torn by another tool
-    with pytest.raises(ConfigError, match=r"state\.pt is missing, truncated or was changed"):
+    with pytest.raises(ConfigError, match=r"state-320-\w+\.pt is missing, truncated or was changed"):
         train(resume=run, progress_bar=False)
     (run / "checkpoint" / "state.json").write_text('{"num_timesteps": 3')
     with pytest.raises(ConfigError, match=r"state\.json is truncated or damaged"):
@@ -182,7 +188,7 @@ def test_nan_parameter_stops_training_and_keeps_the_last_good_checkpoint(
     ):
         run_training(model, config, run, eval_env, kind="train", progress_bar=False, callbacks=[Poison(300)])
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
-    saved = torch.load(run / "checkpoint" / "state.pt", weights_only=True)["policy"]
+    saved = torch.load(state_file(run), weights_only=True)["policy"]
     assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
 
 
@@ -252,3 +258,36 @@ def test_sigkilled_training_resumes_from_its_last_evaluation_checkpoint(tmp_path
     )
     assert resumed.returncode == 0, resumed.stderr
     assert f"Resuming at step {steps:,}" in resumed.stdout
+
+
+def test_a_crash_in_the_middle_of_a_checkpoint_leaves_the_previous_one_whole(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from rltransfer import checkpoints
+    from rltransfer.agents import build_agent
+    from rltransfer.config import AgentConfig
+    from rltransfer.environment import make_envs
+
+    agent = AgentConfig(
+        algo="dqn", hyperparams={"learning_starts": 20, "buffer_size": 200}, policy={"hidden": [8]}
+    )
+    env = make_envs(
+        parse_config(
+            {"name": "x", "budget": 1, "eval": {"every": 1}, "env": {"id": "CartPole-v1", "n_envs": 1}},
+            TrainConfig,
+        ).env,
+        0,
+    )[0]
+    model = build_agent(agent, env, seed=0, device="cpu")
+    model.learn(60)
+    save_agent_checkpoint(model, tmp_path, {})
+    model.learn(60, reset_num_timesteps=False)
+
+    def killed(*_args: Any, **_kwargs: Any) -> None:
+        raise KeyboardInterrupt  # a second Ctrl-C (or a crash) after the data files, before state.json
+
+    monkeypatch.setattr(checkpoints, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_agent_checkpoint(model, tmp_path, {})
+    state = read_agent_checkpoint(tmp_path)  # the first checkpoint: every digest still matches
+    assert state["num_timesteps"] == 60

@@ -389,3 +389,79 @@ def test_center_loss_pulls_features_to_their_class_centers() -> None:
     assert loss(features, labels).item() < start / 5
     class_means = torch.stack([features[labels == c].mean(0) for c in range(3)])
     assert torch.allclose(loss.centers.detach(), class_means, atol=0.05)
+
+
+def test_disk_cache_hits_and_misses_give_the_same_model(tmp_path: Path) -> None:
+    """Computing features must not move the random stream: a cache hit and a miss train the same head."""
+    first = run_image(
+        tiny_digits_config(tmp_path, name="miss", **{"baseline.enabled": False}),
+        progress=False,
+        log=lambda *_: None,
+    )
+    second = run_image(
+        tiny_digits_config(tmp_path, name="hit", **{"baseline.enabled": False}),
+        progress=False,
+        log=lambda *_: None,
+    )
+    assert (first.cache_misses, second.cache_hits) == (2, 2)  # the head stage: train and validation features
+    a, b = (torch.load(r.run_dir / "model" / "model.pt", weights_only=True) for r in (first, second))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_image_config_mistakes_are_caught_before_anything_runs(tmp_path: Path) -> None:
+    from rltransfer.errors import ConfigError
+    from rltransfer.vision.data import DataError
+
+    with pytest.raises(
+        ConfigError, match=r"`baseline.stages.0.train` \(stage scratch\): The layer selector `fetures`"
+    ):
+        run_image(
+            tiny_digits_config(tmp_path, **{"baseline.stages": [{"name": "scratch", "train": ["fetures"]}]}),
+            progress=False,
+            log=lambda *_: None,
+        )
+    with pytest.raises(ConfigError, match=r"`stages.1.lr_groups.layer9`"):
+        run_image(
+            tiny_digits_config(
+                tmp_path, **{"stages": [{"name": "a"}, {"name": "b", "lr_groups": {"layer9": 0.1}}]}
+            ),
+            progress=False,
+            log=lambda *_: None,
+        )
+    with pytest.raises(DataError, match=r"`data.digits.per_class`: digit 5 has \d+ images"):
+        run_image(
+            tiny_digits_config(tmp_path, **{"data.digits.per_class": 500}),
+            progress=False,
+            log=lambda *_: None,
+        )
+    with pytest.raises(ConfigError, match=r"cannot take \(3, 16, 16\) inputs.*Raise `data.image_size`"):
+        run_image(
+            tiny_digits_config(
+                tmp_path,
+                **{"model.arch": "alexnet", "data.image_size": 16, "source": None, "data.channels": 3},
+            ),
+            progress=False,
+            log=lambda *_: None,
+        )
+    assert not (tmp_path / "runs").exists()  # nothing written, no source trained
+
+
+def test_weights_from_an_image_run_directory(tmp_path: Path) -> None:
+    source = run_image(
+        tiny_digits_config(tmp_path, name="src", **{"baseline.enabled": False}),
+        progress=False,
+        log=lambda *_: None,
+    )
+    again = run_image(
+        tiny_digits_config(
+            tmp_path,
+            name="from-run",
+            **{"source": None, "baseline.enabled": False, "model.weights": str(source.run_dir)},
+        ),
+        progress=False,
+        log=lambda *_: None,
+    )
+    trained = torch.load(source.run_dir / "model" / "model.pt", weights_only=True)
+    assert again.transfer.stages[0].cached  # the trunk came from the run's model/ folder and stayed frozen
+    head_stage_start = torch.load(again.run_dir / "model" / "model.pt", weights_only=True)
+    assert head_stage_start["fc.linear.weight"].shape == trained["fc.linear.weight"].shape

@@ -56,7 +56,9 @@ def compute_features(
     model.eval()
     labels = []
     try:
-        for batch, target in DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=workers):
+        # a private generator: computing features (a cache miss) leaves the global random stream untouched
+        loader = DataLoader(images, batch_size=batch_size, num_workers=workers, generator=torch.Generator())
+        for batch, target in loader:
             model(batch.to(device))
             labels.append(target)
     finally:

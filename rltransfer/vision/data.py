@@ -118,19 +118,17 @@ class ImageSet(Dataset):
         labels: Sequence[int],
         transform: Callable[[Any], torch.Tensor] | None = None,
         channels: int = 3,
-        skip_corrupt: bool = False,
     ) -> None:
         self.items = items
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.transform = transform
         self.channels = channels
-        self.skip_corrupt = skip_corrupt
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def with_transform(self, transform: Callable[[Any], torch.Tensor]) -> ImageSet:
-        return ImageSet(self.items, self.labels.tolist(), transform, self.channels, self.skip_corrupt)
+        return ImageSet(self.items, self.labels.tolist(), transform, self.channels)
 
     def subset(self, indices: Sequence[int]) -> ImageSet:
         if isinstance(self.items, torch.Tensor):
@@ -140,7 +138,7 @@ class ImageSet(Dataset):
         else:
             items = [self.items[i] for i in indices]
         labels = [int(self.labels[i]) for i in indices]
-        return ImageSet(items, labels, self.transform, self.channels, self.skip_corrupt)
+        return ImageSet(items, labels, self.transform, self.channels)
 
     def raw(self, index: int) -> Any:
         if isinstance(self.items, torch.Tensor):
@@ -213,7 +211,7 @@ def _folders(
 ) -> tuple[list[str], ImageSet, ImageSet, ImageSet | None]:
     assert data.folder is not None
     classes, files, labels = scan_folder(Path(data.folder), data.skip_corrupt, f"{where}.folder")
-    full = ImageSet(files, labels, channels=channels, skip_corrupt=data.skip_corrupt)
+    full = ImageSet(files, labels, channels=channels)
     train_idx, val_idx = stratified_split(labels, data.val_fraction, seed, data.folder)
     test = None
     if data.test_folder is not None:
@@ -228,7 +226,7 @@ def _folders(
                 f"{only_train or 'none'}, only in test {only_test or 'none'}. Both folders need the same class "
                 "subfolders."
             )
-        test = ImageSet(test_files, test_labels, channels=channels, skip_corrupt=data.skip_corrupt)
+        test = ImageSet(test_files, test_labels, channels=channels)
     return classes, full.subset(train_idx), full.subset(val_idx), test
 
 
@@ -280,7 +278,7 @@ def _readable(path: Path, skip_corrupt: bool) -> bool:
 
     try:
         with Image.open(path) as image:
-            image.verify()
+            image.load()  # a full decode: verify() alone misses truncated JPEGs
         return True
     except Exception as error:  # PIL raises many types for damaged files
         if not skip_corrupt:
@@ -332,6 +330,11 @@ def _digits(data: DataConfig, seed: int) -> tuple[list[str], ImageSet, ImageSet,
     for label, digit in enumerate(data.digits.classes):
         members = rng.permutation(np.flatnonzero(targets == digit))
         count = data.digits.per_class or len(members) - round(len(members) * data.digits.test_fraction)
+        if count >= len(members):
+            raise DataError(
+                f"`data.digits.per_class`: digit {digit} has {len(members)} images, so {count} labelled ones leave "
+                f"none for testing. Use at most {len(members) - 1}."
+            )
         labelled += members[:count].tolist()
         test += members[count:].tolist()
         labels[digit] = label

@@ -19,7 +19,8 @@ from rltransfer.heads import find_head, replace_head
 
 SMALL_CNN = "small_cnn"
 CUSTOM = "custom:"  # spec.arch prefix of a model trained from the user's own nn.Module
-# architectures tested with every head layout they have; any other torchvision classification model also works
+# architectures tested with every head layout they have; other torchvision classification models whose output
+# layer is a Linear work too (squeezenet's is a convolution: use your own module or replace_head by name)
 TESTED_ARCHITECTURES: tuple[str, ...] = (
     "resnet18",
     "resnet50",
@@ -150,9 +151,17 @@ def load_weights(model: nn.Module, arch: str, weights: str) -> None:
     model.load_state_dict(state)
 
 
+def model_folder(path: Path) -> Path:
+    """The folder holding model.json / model.pt: ``path`` itself, or the ``model/`` folder of a run directory."""
+    if not (path / SPEC_FILE).is_file() and (path / "model" / SPEC_FILE).is_file():
+        return path / "model"
+    return path
+
+
 def read_state_dict(path: Path, arch: str | None = None) -> dict[str, torch.Tensor]:
     """A state dict from a file or run directory, read with PyTorch's weights-only loader (no code runs)."""
     if path.is_dir():
+        path = model_folder(path)
         spec = read_spec(path)
         if arch is not None and spec.arch != arch:
             raise TransferError(
@@ -257,15 +266,21 @@ def check_outputs(model: nn.Module, num_classes: int, example: torch.Tensor, aux
     try:
         for mode in (False, True):
             model.train(mode)
-            with torch.no_grad():
-                outputs = model(example)
+            try:
+                with torch.no_grad():
+                    outputs = model(example)
+            except RuntimeError as error:
+                raise ConfigError(
+                    f"The model cannot take {tuple(example.shape[1:])} inputs ({str(error).splitlines()[0]}). "
+                    "Raise `data.image_size` (or set `data.channels`) to what the architecture needs."
+                ) from None
             logits, aux_logits = split_outputs(outputs)
             shapes = [tuple(t.shape) for t in [logits, *aux_logits]]
             if any(shape[-1] != num_classes for shape in shapes) or (mode and len(aux_logits) != len(aux)):
                 raise TransferError(
                     f"After replacing the heads the model outputs {shapes} in "
-                    f"{'training' if mode else 'eval'} mode, not {num_classes} classes per output. Name the "
-                    "head with `model.head`."
+                    f"{'training' if mode else 'eval'} mode, not {num_classes} classes per output: its "
+                    "output layer is not where rltransfer looked. Use your own module (run_image(model=...))."
                 )
     finally:
         model.train(was_training)
@@ -287,7 +302,7 @@ def build_classifier(spec: ModelSpec, weights: str | None = None) -> nn.Module:
     if weights:
         source_classes = _source_classes(weights)
         if source_classes is not None:  # an rltransfer run: its own head layout and class count
-            source = read_spec(Path(weights))
+            source = read_spec(model_folder(Path(weights)))
             set_classes(model, source_classes, source.dropout)
         load_weights(model, spec.arch, weights)
     example = torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size)
@@ -296,7 +311,7 @@ def build_classifier(spec: ModelSpec, weights: str | None = None) -> nn.Module:
 
 
 def _source_classes(weights: str) -> int | None:
-    path = Path(weights)
+    path = model_folder(Path(weights))
     if path.is_dir() and (path / SPEC_FILE).is_file():
         return read_spec(path).num_classes
     return None
@@ -337,7 +352,7 @@ def adopt_module(custom: nn.Module, spec: ModelSpec, weights: str | None, fresh:
     if fresh:
         reset_parameters(model)
     elif weights:
-        path = Path(weights)
+        path = model_folder(Path(weights))
         if (path / SPEC_FILE).is_file():
             source = read_spec(path)
             set_classes(model, source.num_classes, source.dropout)
@@ -363,8 +378,7 @@ def load_classifier(
     path = Path(path)
     if path.is_file():
         path = path.parent
-    if not (path / SPEC_FILE).is_file() and (path / "model" / SPEC_FILE).is_file():
-        path = path / "model"
+    path = model_folder(path)
     spec = read_spec(path)
     if spec.arch.startswith(CUSTOM):
         if module is None:

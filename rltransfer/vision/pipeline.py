@@ -33,7 +33,7 @@ from rltransfer.vision.models import (
     load_classifier,
     spec_dict,
 )
-from rltransfer.vision.training import StageResult, StopForSignal, Trainer
+from rltransfer.vision.training import StageResult, StopForSignal, Trainer, check_stages
 
 
 @dataclass
@@ -128,6 +128,13 @@ def run_image(
         # the first network is built before anything is written: a bad architecture or weights file stops here
         seed_everything(config.seed)
         first = _network(config, source_task or target, config.model.weights, model)
+        heads = [first[1].head, *first[1].aux_heads]
+        for where, stages in (
+            ("source.stages", config.source.stages if config.source else []),
+            ("stages", config.stages),
+            ("baseline.stages", config.baseline.stages if config.baseline.enabled else []),
+        ):
+            check_stages(first[0], heads, stages, where)
         run_dir = prepare_run_dir(config.log_root, config.name)
         write_text(run_dir / "config.yaml", dump_config(config))
     cache = FeatureCache(Path(config.cache_dir) if config.cache == "disk" else None)
@@ -220,9 +227,10 @@ def read_checkpoint(run_dir: Path) -> dict[str, Any]:
 
 def _status(run_dir: Path) -> str | None:
     try:
-        return json.loads((run_dir / "run.json").read_text()).get("status")
+        record = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError):
         return None
+    return record.get("status") if isinstance(record, dict) else None
 
 
 def _write_checkpoint(context: _Context, phase: str, state: dict[str, Any] | None) -> None:

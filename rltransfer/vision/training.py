@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from rltransfer.checkpoints import cpu_copy, rng_state, set_rng_state
-from rltransfer.errors import ConfigError, NumericalError
+from rltransfer.errors import ConfigError, LayerSelectionError, NumericalError
 from rltransfer.interrupt import stop_requested
 from rltransfer.layers import (
     _split_pinned_ancestors,
@@ -92,6 +92,17 @@ def resolve_selectors(model: nn.Module, selectors: list[str], heads: list[str]) 
         return [""]
     patterns = [heads[0] if selector == HEAD else selector for selector in selectors]
     return select_layers(model, patterns)
+
+
+def check_stages(model: nn.Module, heads: list[str], stages: list[StageConfig], where: str) -> None:
+    """Every stage's ``train`` and ``lr_groups`` selectors must name layers of the model: checked before any
+    training, so a typo in the last stage does not cost the earlier ones."""
+    for index, stage in enumerate(stages):
+        for key, selectors in [("train", stage.train), *((f"lr_groups.{k}", [k]) for k in stage.lr_groups)]:
+            try:
+                resolve_selectors(model, selectors, heads)
+            except LayerSelectionError as error:
+                raise ConfigError(f"`{where}.{index}.{key}` (stage {stage.name}): {error}") from None
 
 
 def configure_stage(
@@ -409,6 +420,7 @@ class Trainer:
                     TensorDataset(features, labels),
                     batch_size=self.batch_size,
                     sampler=EpochShuffle(len(labels), self) if shuffle else None,
+                    generator=torch.Generator(),
                 )
             )
         return loaders[0], loaders[1]
@@ -416,9 +428,13 @@ class Trainer:
     def _image_loaders(self, train: ImageSet, val: ImageSet) -> tuple[DataLoader, DataLoader]:
         return (
             DataLoader(
-                train, self.batch_size, sampler=EpochShuffle(len(train), self), num_workers=self.workers
+                train,
+                self.batch_size,
+                sampler=EpochShuffle(len(train), self),
+                num_workers=self.workers,
+                generator=torch.Generator(),
             ),
-            DataLoader(val, max(self.batch_size, 64), shuffle=False, num_workers=self.workers),
+            DataLoader(val, max(self.batch_size, 64), num_workers=self.workers, generator=torch.Generator()),
         )
 
     def _center_optimizer(self) -> torch.optim.Optimizer | None:
@@ -465,7 +481,6 @@ class Trainer:
         stage: str = "",
     ) -> tuple[float, float]:
         self.model.train()
-        head = self.model.get_submodule(self.heads[0])
         criterion = nn.CrossEntropyLoss(label_smoothing=self.training.label_smoothing)
         total_loss = correct = count = 0.0
         for batch, (inputs, labels) in enumerate(loader):
@@ -493,7 +508,6 @@ class Trainer:
             total_loss += loss.item() * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum().item()
             count += len(labels)
-        del head
         return total_loss / count, correct / count
 
     @torch.no_grad()
@@ -519,7 +533,10 @@ class Trainer:
         """(predicted classes, true labels) over a data set."""
         self.model.eval()
         predicted, truth = [], []
-        for inputs, labels in DataLoader(images, max(self.batch_size, 64), num_workers=self.workers):
+        loader = DataLoader(
+            images, max(self.batch_size, 64), num_workers=self.workers, generator=torch.Generator()
+        )
+        for inputs, labels in loader:
             predicted.append(self._logits(inputs.to(self.device), False).argmax(dim=1).cpu())
             truth.append(labels)
         return torch.cat(predicted), torch.cat(truth)
