@@ -31,7 +31,9 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         descriptor = os.open(tmp_path, os.O_RDONLY)
         try:
-            os.fsync(descriptor)  # on disk before it takes the real name, so a power cut cannot tear it either
+            os.fsync(
+                descriptor
+            )  # on disk before it takes the real name, so a power cut cannot tear it either
         finally:
             os.close(descriptor)
         os.replace(tmp_path, path)
