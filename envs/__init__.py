@@ -1,6 +1,6 @@
 """Families of similar games, registered with gymnasium under the ``rltransfer/`` namespace on import."""
 
-from rltransfer.envs import cartpole
+from rltransfer.envs import cartpole, classic, lunarlander
 from rltransfer.envs.base import (
     FAMILIES,
     ContextParam,
@@ -10,6 +10,7 @@ from rltransfer.envs.base import (
     register_family,
 )
 
-register_family(cartpole.FAMILY)
+for _family in (cartpole.FAMILY, classic.MOUNTAIN_CAR, classic.ACROBOT, classic.PENDULUM, lunarlander.FAMILY):
+    register_family(_family)
 
 __all__ = ["FAMILIES", "ContextParam", "EnvFamily", "describe_families", "family_of", "register_family"]

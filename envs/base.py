@@ -38,6 +38,19 @@ class EnvFamily:
     max_episode_steps: int | None = None
     reward_threshold: float | None = None
     doc: str = ""
+    requires: tuple[tuple[str, ...], str] | None = None
+    """(modules, rltransfer extra) for a family that needs optional packages, e.g. (("Box2D", "pygame"), "box2d")."""
+
+    def missing_package(self) -> str | None:
+        """The pip command that installs what this family needs, when something is missing; else None."""
+        import importlib.util
+
+        if self.requires is None:
+            return None
+        modules, extra = self.requires
+        if all(importlib.util.find_spec(module) is not None for module in modules):
+            return None
+        return f"pip install 'rltransfer[{extra}]'"
 
     def env_id(self, variant: str | None = None) -> str:
         return f"{NAMESPACE}/{variant or self.name}-v{self.version}"
@@ -101,7 +114,8 @@ def describe_families() -> str:
     """A text listing of every family: ids, parameters with defaults and ranges."""
     lines = []
     for family in FAMILIES.values():
-        lines.append(f"{family.name}: {family.doc}")
+        missing = family.missing_package()
+        lines.append(f"{family.name}: {family.doc}" + (f"  [not installed: {missing}]" if missing else ""))
         lines.append("  ids:")
         for env_id, overrides in family.ids().items():
             shown = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"

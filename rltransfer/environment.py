@@ -30,6 +30,13 @@ def check_env_id(env_id: str, where: str = "env.id") -> gym.envs.registration.En
                 f"`{where}` {env_id!r}: the module {module!r} cannot be imported ({error}). "
                 "Install it or fix the module name before the colon."
             ) from None
+    family = family_of(name)
+    missing = family.missing_package() if family is not None else None
+    if missing:
+        raise ConfigError(
+            f"`{where}` {env_id!r} belongs to the {family.name} family, which needs a package that is not "
+            f"installed. Install it with: {missing}"
+        )
     try:
         return gym.spec(name)
     except gym.error.Error:

@@ -19,9 +19,13 @@ IDS = sorted(env_id for family in FAMILIES.values() for env_id in family.ids())
 
 @pytest.mark.parametrize("env_id", IDS)
 def test_every_registered_id_passes_the_env_checker(env_id: str) -> None:
+    from rltransfer.envs import family_of
+
     env = gym.make(env_id)
     check_env(env.unwrapped, skip_render_check=True)
-    assert env.spec.max_episode_steps == 500 and env.spec.reward_threshold == 475.0
+    family = family_of(env_id)
+    assert env.spec.max_episode_steps == family.max_episode_steps
+    assert env.spec.reward_threshold == family.reward_threshold
     env.close()
 
 
@@ -69,3 +73,85 @@ def test_family_listing_names_ids_and_ranges() -> None:
     text = describe_families()
     assert "rltransfer/CartPoleLongPole-v1  (pole_length=3.0)" in text
     assert "pole_length = 0.5  range [0.05, 5.0]" in text
+
+
+def one_step(env_id: str, context: dict, state: np.ndarray, action) -> np.ndarray:
+    """The unwrapped state after one step from `state` (observations may hide what changed)."""
+    env = gym.make(env_id, **context)
+    env.reset(seed=0)
+    env.unwrapped.state = np.array(state, dtype=np.float64)
+    env.step(action)
+    return np.asarray(env.unwrapped.state, dtype=np.float64)
+
+
+def test_mountain_car_context_changes_the_physics() -> None:
+    start = [-0.5, 0.0]
+    base = one_step("rltransfer/MountainCar-v1", {}, start, 2)
+    assert one_step("rltransfer/MountainCar-v1", {"force": 0.002}, start, 2)[1] > base[1]  # stronger engine
+    # high on the left slope gravity pulls towards the valley (rightwards); more gravity, more speed
+    slope = [-0.9, 0.0]
+    assert (
+        one_step("rltransfer/MountainCarHighGravity-v1", {}, slope, 1)[1]
+        > one_step("rltransfer/MountainCar-v1", {}, slope, 1)[1]
+        > 0
+    )
+    env = gym.make("rltransfer/MountainCar-v1", goal_position=0.3)
+    env.reset(seed=0)
+    env.unwrapped.state = np.array([0.29, 0.05])
+    assert env.step(2)[2]  # reaches the nearer flag
+
+
+def test_acrobot_context_changes_the_physics() -> None:
+    start = [0.3, -0.2, 0.0, 0.0]
+    base = one_step("rltransfer/Acrobot-v1", {}, start, 2)
+    assert not np.allclose(one_step("rltransfer/AcrobotHeavyLink-v1", {}, start, 2), base)
+    assert not np.allclose(one_step("rltransfer/AcrobotLongLink-v1", {}, start, 2), base)
+    # a longer time step moves the arm further in one step
+    assert abs(one_step("rltransfer/Acrobot-v1", {"dt": 0.4}, start, 2)[0] - 0.3) > abs(base[0] - 0.3)
+
+
+def test_pendulum_context_changes_the_physics() -> None:
+    horizontal = [np.pi / 2, 0.0]
+    base = one_step("rltransfer/Pendulum-v1", {}, horizontal, np.array([0.0], dtype=np.float32))
+    stronger = one_step(
+        "rltransfer/PendulumHighGravity-v1", {}, horizontal, np.array([0.0], dtype=np.float32)
+    )
+    assert abs(stronger[1]) > abs(base[1]) > 0  # falls faster under more gravity
+    push = np.array([2.0], dtype=np.float32)
+    light = one_step("rltransfer/Pendulum-v1", {}, [np.pi, 0.0], push)
+    heavy = one_step("rltransfer/PendulumHeavy-v1", {}, [np.pi, 0.0], push)
+    assert light[1] > heavy[1] > 0  # the same torque accelerates a heavier pendulum less
+
+
+def test_lunar_lander_context_changes_the_physics() -> None:
+    pytest.importorskip("Box2D")
+
+    def fall(env_id: str, steps: int = 30) -> tuple[float, float]:
+        env = gym.make(env_id)
+        env.reset(seed=3)
+        for _ in range(steps):
+            observation, *_ = env.step(0)  # engines off
+        env.close()
+        return float(observation[2]), float(observation[3])  # horizontal and vertical speed
+
+    base = fall("rltransfer/LunarLander-v3")
+    assert fall("rltransfer/LunarLanderLowGravity-v3")[1] > base[1]  # falls more slowly
+    assert fall("rltransfer/LunarLanderHighGravity-v3")[1] < base[1]
+    assert fall("rltransfer/LunarLanderWindy-v3")[0] != pytest.approx(base[0], abs=1e-3)  # blown sideways
+
+
+def test_a_family_whose_package_is_missing_names_the_extra(monkeypatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "Box2D" else real(name, *a)
+    )
+    with pytest.raises(
+        rltransfer.ConfigError, match=r"LunarLander family.*pip install 'rltransfer\[box2d\]'"
+    ):
+        check_env_id("rltransfer/LunarLanderWindy-v3")
+    assert (
+        "LunarLander: land a craft" in describe_families()
+        and "[not installed: pip install" in describe_families()
+    )
