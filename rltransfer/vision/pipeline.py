@@ -146,9 +146,8 @@ def run_image(
     context = _Context(config, device, run_dir, cache, progress, log, done)
     record = {"kind": "image", "status": "running", "command": sys.argv, "versions": versions()}
     write_json(run_dir / "run.json", record)
-    plan: list[
-        tuple[str, TaskData, DataConfig, list[StageConfig], bool]
-    ] = []  # name, data, stages, save model
+    # the phases in order: name, data, stages, whether its model is saved
+    plan: list[tuple[str, TaskData, DataConfig, list[StageConfig], bool]] = []
     if source_task is not None and config.source is not None:
         plan.append(("source", source_task, config.source.data, config.source.stages, True))
     plan.append(("transfer", target, config.data, config.stages, True))
@@ -177,7 +176,10 @@ def run_image(
         write_json(run_dir / "run.json", record)
         raise Interrupted(stop.signum, run_dir, "image", stop.detail) from None
     except BaseException as error:
-        record.update(status="failed", error=f"{type(error).__name__}: {error}")
+        stopped = isinstance(
+            error, KeyboardInterrupt
+        )  # a second Ctrl-C: no new checkpoint, the last one stays
+        record.update(status="interrupted" if stopped else "failed", error=f"{type(error).__name__}: {error}")
         write_json(run_dir / "run.json", record)
         raise
     result = ImageResult(
