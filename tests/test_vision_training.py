@@ -366,6 +366,20 @@ def test_a_users_own_module_transfers_and_reloads(tmp_path: Path) -> None:
     assert not torch.equal(net.body[1].weight, source["body.1.weight"])  # the caller's module is left alone
     with pytest.raises(TransferError, match="trained from your own module TinyNet"):
         load_classifier(tmp_path / "runs/own")
+    # an interrupted run of a user module resumes only with that module
+    from rltransfer.errors import ConfigError
+    from rltransfer.vision.pipeline import CHECKPOINT_FILE
+
+    torch.save(
+        {"version": 1, "phase": "scratch", "done": {}, "state": None, "custom": "TinyNet"},
+        tmp_path / "runs/own" / CHECKPOINT_FILE,
+    )
+    with pytest.raises(ConfigError, match=r"your own module TinyNet: resume it from Python"):
+        run_image(resume=tmp_path / "runs/own", progress=False, log=lambda *_: None)
+    with pytest.raises(ConfigError, match=r"trained with your own module TinyNet"):
+        run_image(
+            resume=tmp_path / "runs/own", progress=False, log=lambda *_: None, model=torch.nn.Linear(2, 2)
+        )
     model, spec = load_classifier(tmp_path / "runs/own", module=TinyNet())
     assert spec.classes == ["3", "4"] and torch.equal(model.out.weight, target["out.weight"])
     image = tmp_path / "three.png"

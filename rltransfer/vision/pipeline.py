@@ -106,6 +106,16 @@ def run_image(
         run_dir = Path(resume)
         checkpoint = read_checkpoint(run_dir)
         config = load_config(run_dir / "config.yaml", ImageConfig)
+        custom = checkpoint.get("custom")
+        if custom != (type(model).__name__ if model is not None else None):
+            raise ConfigError(
+                f"{run_dir} was trained with "
+                + (
+                    f"your own module {custom}: resume it from Python, run_image(resume=..., model={custom}(...))."
+                    if custom
+                    else f"`model.arch: {config.model.arch}`; resume it without a module."
+                )
+            )
     elif isinstance(config, dict):
         config = parse_config(config, ImageConfig)
     elif isinstance(config, (str, Path)):
@@ -143,7 +153,9 @@ def run_image(
         f"and {len(target.val)} validation images"
         + (f"; resuming {checkpoint['phase']}" if checkpoint else "")
     )
-    context = _Context(config, device, run_dir, cache, progress, log, done)
+    context = _Context(
+        config, device, run_dir, cache, progress, log, done, type(model).__name__ if model else None
+    )
     record = {"kind": "image", "status": "running", "command": sys.argv, "versions": versions()}
     write_json(run_dir / "run.json", record)
     # the phases in order: name, data, stages, whether its model is saved
@@ -241,6 +253,7 @@ def _write_checkpoint(context: _Context, phase: str, state: dict[str, Any] | Non
         "phase": phase,
         "done": {name: asdict(result) for name, result in context.done.items()},
         "state": state,
+        "custom": context.custom,
     }
     with atomic_path(context.run_dir / CHECKPOINT_FILE, suffix=".pt") as tmp:
         torch.save(data, tmp)
@@ -263,6 +276,8 @@ class _Context:
     progress: bool
     log: Any
     done: dict[str, PhaseResult] = field(default_factory=dict)
+    custom: str | None = None
+    """Class name of the user's own module, when one replaced ``model.arch``."""
 
 
 def _network(
