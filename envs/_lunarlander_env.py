@@ -6,7 +6,7 @@ from typing import Any
 
 from gymnasium.error import DependencyNotInstalled
 
-from rltransfer.envs.lunarlander import FAMILY, PARAMS
+from rltransfer.envs.lunarlander import FAMILY
 from rltransfer.errors import ConfigError
 
 try:
@@ -22,8 +22,7 @@ class LunarLanderContextEnv(LunarLander):
     """gymnasium's LunarLander-v3 (discrete engines) with gravity, wind and turbulence as context."""
 
     def __init__(self, render_mode: str | None = None, **context: Any) -> None:
-        values = {name: spec.default for name, spec in PARAMS.items()}
-        values.update(FAMILY.validate(context))
+        values = FAMILY.resolve(context)
         wind = values["wind_power"] > 0
         super().__init__(
             render_mode=render_mode,

@@ -61,6 +61,10 @@ class EnvFamily:
         ids.update({self.env_id(name): dict(overrides) for name, overrides in self.variants.items()})
         return ids
 
+    def resolve(self, context: Mapping[str, Any]) -> dict[str, float]:
+        """Every parameter's value: the defaults with the (checked) overrides applied."""
+        return {**{name: spec.default for name, spec in self.params.items()}, **self.validate(context)}
+
     def validate(self, context: Mapping[str, Any], where: str = "context") -> dict[str, float]:
         """Check names, types and ranges of context overrides; errors name the parameter and its range."""
         checked = {}

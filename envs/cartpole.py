@@ -23,8 +23,7 @@ class CartPoleContextEnv(CartPoleEnv):
 
     def __init__(self, render_mode: str | None = None, **context: Any) -> None:
         super().__init__(render_mode=render_mode)
-        values = {name: spec.default for name, spec in PARAMS.items()}
-        values.update(FAMILY.validate(context))
+        values = FAMILY.resolve(context)
         self.context = values
         self.length = values["pole_length"]
         self.masspole = values["masspole"]

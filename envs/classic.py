@@ -22,8 +22,7 @@ class MountainCarContextEnv(MountainCarEnv):
     """gymnasium's MountainCar-v0 with its constants as constructor arguments."""
 
     def __init__(self, render_mode: str | None = None, **context: Any) -> None:
-        values = {name: spec.default for name, spec in MOUNTAIN_CAR_PARAMS.items()}
-        values.update(MOUNTAIN_CAR.validate(context))
+        values = MOUNTAIN_CAR.resolve(context)
         super().__init__(render_mode=render_mode, goal_velocity=values["goal_velocity"])
         self.context = values
         self.force = values["force"]
@@ -63,8 +62,7 @@ class AcrobotContextEnv(AcrobotEnv):
 
     def __init__(self, render_mode: str | None = None, **context: Any) -> None:
         super().__init__(render_mode=render_mode)
-        values = {name: spec.default for name, spec in ACROBOT_PARAMS.items()}
-        values.update(ACROBOT.validate(context))
+        values = ACROBOT.resolve(context)
         self.context = values
         self.LINK_LENGTH_1 = values["link_length_1"]
         self.LINK_MASS_1 = values["link_mass_1"]
@@ -102,8 +100,7 @@ class PendulumContextEnv(PendulumEnv):
     """gymnasium's Pendulum-v1 (continuous torque) with gravity, mass, length and time step as arguments."""
 
     def __init__(self, render_mode: str | None = None, **context: Any) -> None:
-        values = {name: spec.default for name, spec in PENDULUM_PARAMS.items()}
-        values.update(PENDULUM.validate(context))
+        values = PENDULUM.resolve(context)
         super().__init__(render_mode=render_mode, g=values["g"])
         self.context = values
         self.m = values["m"]

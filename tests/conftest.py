@@ -93,6 +93,18 @@ class Cli:
         return process.returncode, stderr
 
     @staticmethod
+    def resume(command: str, run_dir: Path) -> Any:
+        """``rltransfer COMMAND --resume RUN_DIR``, run to its end (a CompletedProcess with text output)."""
+        import subprocess
+
+        return subprocess.run(
+            Cli.rltransfer_cli(command, "--resume", str(run_dir), "--no-progress"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    @staticmethod
     def shorten_budget(run_dir: Path, old: str, new: str) -> None:
         """Edit the saved config of an interrupted run (so that its resumption ends soon)."""
         config = run_dir / "config.yaml"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -115,12 +114,7 @@ def test_cli_image_signal_then_resume(tmp_path: Path, signum: int, cli: Any) -> 
     assert checkpoint["phase"] == "source" and epoch >= 1
     # continue it, with the source shortened so the test ends: the resumed run uses the run's own config.yaml
     cli.shorten_budget(run, "epochs: 400", f"epochs: {epoch + 2}")
-    resumed = subprocess.run(
-        cli.rltransfer_cli("image", "--resume", str(run), "--no-progress"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = cli.resume("image", run)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed after epoch {epoch}" in resumed.stdout
     assert "transferred model test accuracy" in resumed.stdout and (run / "model" / "model.pt").is_file()
@@ -200,11 +194,6 @@ def test_sigkill_resumes_from_the_last_periodic_checkpoint(tmp_path: Path, cli: 
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)  # whole, never torn
     epoch = checkpoint["state"]["stage_epoch"]
     cli.shorten_budget(run, "epochs: 400", f"epochs: {epoch + 2}")
-    resumed = subprocess.run(
-        cli.rltransfer_cli("image", "--resume", str(run), "--no-progress"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = cli.resume("image", run)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed after epoch {epoch}" in resumed.stdout and (run / "model" / "model.pt").is_file()

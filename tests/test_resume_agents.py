@@ -229,12 +229,7 @@ def test_cli_train_signal_then_resume(tmp_path: Path, signum: int, cli: Any) -> 
     assert "Traceback" not in stderr
     steps = json.loads((run / "checkpoint" / "state.json").read_text())["num_timesteps"]
     cli.shorten_budget(run, "budget: 1000000", f"budget: {steps + 1000}")
-    resumed = subprocess.run(
-        cli.rltransfer_cli("train", "--resume", str(run), "--no-progress"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = cli.resume("train", run)
     assert resumed.returncode == 0, resumed.stderr
     assert f"Resuming at step {steps:,}" in resumed.stdout
     record = json.loads((run / "run.json").read_text())
@@ -250,12 +245,7 @@ def test_sigkilled_training_resumes_from_its_last_evaluation_checkpoint(tmp_path
     steps = read_agent_checkpoint(run)["num_timesteps"]  # digests match: the checkpoint is whole
     assert steps % 500 == 0 and json.loads((run / "run.json").read_text())["status"] == "running"
     cli.shorten_budget(run, "budget: 1000000", f"budget: {steps + 1000}")
-    resumed = subprocess.run(
-        cli.rltransfer_cli("train", "--resume", str(run), "--no-progress"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = cli.resume("train", run)
     assert resumed.returncode == 0, resumed.stderr
     assert f"Resuming at step {steps:,}" in resumed.stdout
 
