@@ -12,6 +12,7 @@ from torch import nn
 
 from rltransfer.agents.algorithms import ALGORITHMS
 from rltransfer.agents.dropout import add_dropout
+from rltransfer.agents.extractors import extractor_kwargs
 from rltransfer.config import AgentConfig
 from rltransfer.errors import ConfigError
 from rltransfer.optim import constant_schedule, linear_schedule, optimizer_class
@@ -61,11 +62,13 @@ def optimizer_settings(agent: AgentConfig) -> tuple[type, dict[str, Any]]:
     return optimizer_class(name), kwargs
 
 
-def policy_kwargs(agent: AgentConfig) -> dict[str, Any]:
-    """SB3 ``policy_kwargs`` for the configured network and optimizer."""
+def policy_kwargs(agent: AgentConfig, observation_space: spaces.Space | None = None) -> dict[str, Any]:
+    """SB3 ``policy_kwargs`` for the configured network, feature extractor and optimizer."""
     cls, kwargs = optimizer_settings(agent)
     result: dict[str, Any] = {"optimizer_class": cls, "optimizer_kwargs": kwargs}
     policy = agent.policy
+    if observation_space is not None:
+        result.update(extractor_kwargs(policy.features, policy.features_dim, observation_space))
     if policy.hidden is not None:
         result["net_arch"] = policy.hidden
     if policy.activation is not None:
@@ -102,7 +105,7 @@ def build_agent(agent: AgentConfig, env: VecEnv, *, seed: int, device: str = "au
             policy_name(env.observation_space),
             env,
             learning_rate=schedule,
-            policy_kwargs=policy_kwargs(agent),
+            policy_kwargs=policy_kwargs(agent, env.observation_space),
             seed=seed,
             device=device,
             verbose=0,

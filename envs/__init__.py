@@ -1,6 +1,6 @@
 """Families of similar games, registered with gymnasium under the ``rltransfer/`` namespace on import."""
 
-from rltransfer.envs import cartpole, classic, lunarlander
+from rltransfer.envs import cartpole, classic, grids, lunarlander
 from rltransfer.envs.base import (
     FAMILIES,
     ContextParam,
@@ -10,7 +10,16 @@ from rltransfer.envs.base import (
     register_family,
 )
 
-for _family in (cartpole.FAMILY, classic.MOUNTAIN_CAR, classic.ACROBOT, classic.PENDULUM, lunarlander.FAMILY):
+for _family in (
+    cartpole.FAMILY,
+    classic.MOUNTAIN_CAR,
+    classic.ACROBOT,
+    classic.PENDULUM,
+    lunarlander.FAMILY,
+    grids.MINATAR,
+    grids.DOORKEY,
+    grids.ATARI,
+):
     register_family(_family)
 
 __all__ = ["FAMILIES", "ContextParam", "EnvFamily", "describe_families", "family_of", "register_family"]

@@ -33,13 +33,16 @@ class EnvFamily:
     name: str
     entry_point: str
     params: Mapping[str, ContextParam]
-    variants: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Named variants: context overrides, plus fixed settings that are not context (e.g. ``game`` for MinAtar)."""
     version: int = 1
     max_episode_steps: int | None = None
     reward_threshold: float | None = None
     doc: str = ""
     requires: tuple[tuple[str, ...], str] | None = None
     """(modules, rltransfer extra) for a family that needs optional packages, e.g. (("Box2D", "pygame"), "box2d")."""
+    register_base: bool = True
+    """False for families whose variants are different games (``game`` in the variant): no base id."""
 
     def missing_package(self) -> str | None:
         """The pip command that installs what this family needs, when something is missing; else None."""
@@ -55,9 +58,9 @@ class EnvFamily:
     def env_id(self, variant: str | None = None) -> str:
         return f"{NAMESPACE}/{variant or self.name}-v{self.version}"
 
-    def ids(self) -> dict[str, dict[str, float]]:
+    def ids(self) -> dict[str, dict[str, Any]]:
         """Every registered id with its context overrides."""
-        ids = {self.env_id(): {}}
+        ids: dict[str, dict[str, Any]] = {self.env_id(): {}} if self.register_base else {}
         ids.update({self.env_id(name): dict(overrides) for name, overrides in self.variants.items()})
         return ids
 

@@ -66,6 +66,11 @@ class PolicyConfig(_Section):
     """PPO/A2C: one mask per rollout sample for its old and new log-probabilities (the PPO ratio starts at 1)."""
     ortho_init: bool | None = None
     """PPO/A2C: orthogonal initialisation (SB3's default: true)."""
+    features: Literal["auto", "flatten", "nature_cnn", "small_cnn"] = "auto"
+    """Feature extractor: auto (SB3's choice: Nature-CNN for image frames, else flatten), nature_cnn (Atari), or
+    small_cnn (one 3x3 conv + dense layer, for small channel-first grids such as MinAtar and MiniGrid)."""
+    features_dim: int | None = Field(None, ge=1)
+    """Output size of a CNN extractor (nature_cnn: 512, small_cnn: 128 by default)."""
 
     @field_validator("hidden")
     @classmethod
@@ -164,6 +169,16 @@ class TrainConfig(RunConfig):
     agent: AgentConfig = Field(default_factory=AgentConfig)
 
 
+class ChainStage(_Section):
+    """One intermediate game of a transfer chain, trained for its own budget before the next stage."""
+
+    env: EnvConfig
+    budget: int = Field(..., ge=1)
+    """Environment steps of this stage."""
+    eval: EvalConfig | None = None
+    """Evaluation and early stopping of this stage; null: the transfer's own ``eval``."""
+
+
 class TransferConfig(RunConfig):
     """``rltransfer transfer``: copy a source agent's fitting layers into a target agent and fine-tune it."""
 
@@ -173,8 +188,16 @@ class TransferConfig(RunConfig):
     """Layers to freeze: exact names, globs (``mlp_extractor.policy_net.*``) or ``up_to:NAME``."""
     reinit: list[str] = Field(default_factory=list)
     """Layers to re-initialise even though they fit (e.g. a fresh head)."""
+    layer_map: dict[str, str] = Field(default_factory=dict)
+    """Copy a target layer from a source layer of another name: ``{target_layer: source_layer}`` (same shapes).
+    Layers whose shapes differ are re-initialised automatically (input adapter, new head); the table printed at
+    the start of a transfer shows what happened to every layer."""
     unfreeze_at: int | None = Field(None, ge=1)
     """Two-phase fine-tuning: from the first update after this many steps the frozen layers train too (null: never)."""
+    chain: list[ChainStage] = Field(default_factory=list)
+    """Transitive transfer: intermediate games trained in order (source -> chain[0] -> ... -> env), each stage
+    fine-tuning the previous stage's best model; ``freeze`` applies at every stage, ``reinit`` and ``layer_map``
+    to the first."""
     agent: AgentConfig | None = None
     """The target agent; null: the source run's agent (for a plain SB3 zip: the defaults)."""
     trust_source: bool = False
@@ -311,6 +334,7 @@ _UNION_TAGS = {
     "bool",
     "AgentConfig",
     "StudyStrategy",
+    "ChainStage",
 }
 
 
@@ -385,6 +409,11 @@ class StudyStrategy(_Section):
     reinit: list[str] = Field(default_factory=list)
     unfreeze_at: int | None = Field(None, ge=1)
     """Two-phase fine-tuning: the frozen layers train too after this many steps."""
+    layer_map: dict[str, str] = Field(default_factory=dict)
+    """``{target_layer: source_layer}``: copy a layer from a source layer of another name."""
+    chain: list[ChainStage] = Field(default_factory=list)
+    """Transitive transfer: intermediate games trained in order before each target (each stage's budget is its
+    own; the report shows the intermediate steps beside the target's metrics)."""
     agent: dict[str, Any] = Field(default_factory=dict)
     """Overrides merged into the study's agent for this strategy only, e.g. ``{optimizer: {lr: 0.0001}}``."""
 

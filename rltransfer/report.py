@@ -238,6 +238,15 @@ def _describe_strategy(spec: dict[str, Any]) -> str:
         parts.append("re-initialised: " + ", ".join(spec["reinit"]))
     if spec.get("unfreeze_at"):
         parts.append(f"unfrozen after {spec['unfreeze_at']:,} steps")
+    if spec.get("layer_map"):
+        parts.append("mapped: " + ", ".join(f"{t} <- {s}" for t, s in spec["layer_map"].items()))
+    if spec.get("chain"):
+        stages = " -> ".join(f"{stage['env']['id']} ({stage['budget']:,} steps)" for stage in spec["chain"])
+        extra = sum(stage["budget"] for stage in spec["chain"])
+        parts.append(
+            f"chain: source -> {stages} -> target; the table counts target steps only, the chain spent "
+            f"{extra:,} more steps per seed on the intermediate games"
+        )
     if spec.get("agent"):
         parts.append(f"agent overrides: {spec['agent']}")
     return "; ".join(parts) or "every layer that fits copied, all trained"

@@ -16,7 +16,7 @@ from rltransfer.layers import freeze_modules, layer_names, select_layers, unfree
 from rltransfer.optim import build_optimizer, l1_strength, trainable_parameters
 
 # (prefix of a layer, prefix of another copy of it that must be frozen with it)
-_COPIES: tuple[tuple[str, str], ...] = (
+COPIES: tuple[tuple[str, str], ...] = (
     ("q_net.", "q_net_target."),  # DQN
     ("critic.", "critic_target."),  # SAC, TD3
     ("actor.", "actor_target."),  # TD3
@@ -103,7 +103,7 @@ def layer_copies(policy: nn.Module, names: Iterable[str]) -> list[str]:
     while changed:
         changed = False
         for name in list(result):
-            for prefix, other in _COPIES:
+            for prefix, other in COPIES:
                 if name == prefix.rstrip(".") or name.startswith(prefix):
                     copy = other + name[len(prefix) :] if name.startswith(prefix) else other.rstrip(".")
                     if copy in existing and copy not in result:

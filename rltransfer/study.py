@@ -132,6 +132,8 @@ def _resolve_layers(policy: Any, strategy: StudyStrategy | str, reinitialised: s
             "freeze": list(strategy.freeze),
             "reinit": list(strategy.reinit),
             "unfreeze_at": strategy.unfreeze_at,
+            "layer_map": dict(strategy.layer_map),
+            "chain": [stage.model_dump(mode="json") for stage in strategy.chain],
         }
     if strategy == "head-only":
         return {
@@ -146,6 +148,24 @@ def _resolve_layers(policy: Any, strategy: StudyStrategy | str, reinitialised: s
             "unfreeze_at": None,
         }
     return {"freeze": [], "reinit": [], "unfreeze_at": None}
+
+
+def _check_strategy_extras(
+    strategy: StudyStrategy, source_state: dict[str, Any], agent: AgentConfig, env: dict[str, Any]
+) -> None:
+    """A strategy's ``layer_map`` names real layers of matching shapes; its chain stages name real games."""
+    from rltransfer.environment import check_env
+    from rltransfer.transfers import map_weights
+
+    for index, stage in enumerate(strategy.chain):
+        check_env(stage.env, f"strategies {strategy.name}.chain.{index}.env")
+    if strategy.layer_map:
+        first_env = strategy.chain[0].env.model_dump() if strategy.chain else env
+        policy = _probe_policy(agent, EnvConfig(**{**first_env, "n_envs": env["n_envs"]}))
+        try:
+            map_weights(source_state, policy, layer_map=strategy.layer_map)
+        except ConfigError as error:
+            raise ConfigError(f"`strategies` {strategy.name}: {error}") from None
 
 
 def _strategy_agent(agent: AgentConfig, strategy: StudyStrategy | str) -> AgentConfig:
@@ -246,6 +266,8 @@ def plan_study(config: StudyConfig) -> StudyPlan:
             )
         for name, strategy in strategies.items():
             layers = _resolve_layers(policy, strategy, set(mapping.reinitialised))
+            if isinstance(strategy, StudyStrategy):
+                _check_strategy_extras(strategy, source_state, agent, env)
             overrides = strategy.agent if isinstance(strategy, StudyStrategy) else {}
             resolved.setdefault(name, {**layers, "agent": overrides})
             strategy_agent = _strategy_agent(agent, strategy)
@@ -292,11 +314,21 @@ def _run_spec(
     run_dir = study_dir / "runs" / label / strategy / f"seed{seed}"
     if strategy == "scratch":
         return RunSpec(label, strategy, seed, "train", run, run_dir)
+    stage_eval = run["eval"]
     run.update(
         source=str(source_path) if source_path else str(study_dir / "source"),
         freeze=layers["freeze"],
         reinit=layers["reinit"],
         unfreeze_at=layers["unfreeze_at"],
+        layer_map=layers.get("layer_map", {}),
+        chain=[
+            {
+                "env": {**stage["env"], "n_envs": env["n_envs"]},
+                "budget": stage["budget"],
+                "eval": stage["eval"] or stage_eval,
+            }
+            for stage in layers.get("chain", [])
+        ],
         trust_source=bool(source_path and config.source.trust_source),
     )
     return RunSpec(label, strategy, seed, "transfer", run, run_dir, source_id)

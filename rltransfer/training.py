@@ -18,7 +18,7 @@ from typing import Any
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecTransposeImage, is_vecenv_wrapped
 
 from rltransfer.callbacks import (
     Checkpointing,
@@ -177,6 +177,12 @@ def run_training(
         (run_dir / "progress.csv").rename(run_dir / f"progress.before-resume-{part}.csv")
     model.set_logger(configure(str(run_dir), ["tensorboard", "csv"]))
     n_envs = model.get_env().num_envs  # type: ignore[union-attr]
+    if is_vecenv_wrapped(model.get_env(), VecTransposeImage) and not is_vecenv_wrapped(
+        eval_env, VecTransposeImage
+    ):
+        eval_env = VecTransposeImage(
+            eval_env
+        )  # SB3 transposed the training frames; evaluate on the same layout
     evaluation = EvaluateAndKeepBest(
         eval_env,
         run_dir,

@@ -18,9 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from rltransfer.config import AgentConfig, PolicyConfig, TransferConfig, load_yaml, parse_agent
-from rltransfer.errors import ConfigError, LayerSelectionError, TransferError, short_list
-from rltransfer.io import write_json
+from rltransfer.checkpoints import CHECKPOINT_DIR
+from rltransfer.config import AgentConfig, PolicyConfig, TransferConfig, dump_config, load_yaml, parse_agent
+from rltransfer.errors import ConfigError, LayerSelectionError, TransferError, did_you_mean, short_list
+from rltransfer.interrupt import Interrupted
+from rltransfer.io import write_json, write_text
 from rltransfer.training import RunResult, coerce_config, run_training
 
 
@@ -43,12 +45,15 @@ class LayerMapping:
     reinitialised: dict[str, dict[str, Any]] = field(default_factory=dict)
     unused: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
     frozen: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)
+    """Target layers copied from a source layer of another name (``layer_map``)."""
 
     def format(self) -> str:
         """A table a person reads: one row per layer with its fate and shapes."""
         rows = [("layer", "action", "source shape", "target shape")]
         for name, shapes in self.copied.items():
-            action = "copied, frozen" if _covered(name, self.frozen) else "copied"
+            action = f"copied from {self.renamed[name]}" if name in self.renamed else "copied"
+            action += ", frozen" if _covered(name, self.frozen) else ""
             rows.append((name, action, _shapes(shapes), _shapes(shapes)))
         for name, info in self.reinitialised.items():
             action = f"re-initialised ({info['reason']})" + (
@@ -75,6 +80,7 @@ class LayerMapping:
             "reinitialised": self.reinitialised,
             "unused": {k: [list(s) for s in v] for k, v in self.unused.items()},
             "frozen": self.frozen,
+            "renamed": self.renamed,
         }
 
 
@@ -84,6 +90,8 @@ class TransferResult(RunResult):
 
     mapping: LayerMapping | None = None
     frozen_unchanged: bool | None = None
+    chain: list[dict[str, Any]] = field(default_factory=list)
+    """The intermediate stages of a transitive transfer: game, run directory, steps, best return."""
 
 
 def _covered(name: str, prefixes: list[str]) -> bool:
@@ -130,6 +138,10 @@ def load_source(source: str | Path, trust: bool = False) -> SourceAgent:
         raw = load_yaml(config_path)
         if "agent" in raw and isinstance(raw["agent"], dict):
             agent = parse_agent(raw["agent"], str(config_path))
+        elif isinstance(resolved := _read_record(path.parent).get("agent"), dict):
+            agent = parse_agent(
+                resolved, str(path.parent / "run.json")
+            )  # a transfer that took its source's agent
     algo = agent.algo if agent else _algo_from_data(data)
     return SourceAgent(
         path=path, state_dict=state_dict, agent=agent, algo=algo, activation=_activation_from_data(data)
@@ -246,40 +258,109 @@ def infer_hidden(state_dict: dict[str, torch.Tensor], algo: str) -> list[int] | 
 
 
 def map_weights(
-    source_state: dict[str, torch.Tensor], target: nn.Module, reinit: list[str] | None = None
+    source_state: dict[str, torch.Tensor],
+    target: nn.Module,
+    reinit: list[str] | None = None,
+    layer_map: dict[str, str] | None = None,
 ) -> LayerMapping:
     """Copy, in place, every target layer whose tensors all exist in the source with the same shapes.
 
-    Layers named in `reinit` (or inside them) keep their fresh initialisation even when they fit.
+    Layers named in `reinit` (or inside them) keep their fresh initialisation even when they fit. `layer_map`
+    (target layer -> source layer) copies a layer from a source layer of another name; its shapes must match.
+    A layer whose shapes differ is re-initialised and labelled: an *input adapter* when only its input size
+    differs (another observation shape), a *new head* when its output size differs (another action count).
     """
     reinit = reinit or []
-    mapping = LayerMapping()
     target_state = target.state_dict()
+    target_groups, source_groups = _group(list(target_state)), _group(list(source_state))
+    pairs = _expand_layer_map(layer_map or {}, target_groups, source_groups)
+    mapping = LayerMapping()
+    seen: set[int] = set()  # SB3 registers a shared extractor under several names: list it once
     with torch.no_grad():
-        for layer, keys in _group(list(target_state)).items():
+        for layer, keys in target_groups.items():
+            pointer = target_state[keys[0]].data_ptr()
+            if pointer in seen:
+                continue
+            seen.add(pointer)
+            source_layer = pairs.get(layer, layer)
+            source_keys = [source_layer + key[len(layer) :] for key in keys]
             target_shapes = [tuple(target_state[k].shape) for k in keys]
-            source_shapes = [tuple(source_state[k].shape) for k in keys if k in source_state]
+            source_shapes = [tuple(source_state[k].shape) for k in source_keys if k in source_state]
+            if layer in pairs and source_shapes != target_shapes:
+                raise ConfigError(
+                    f"`layer_map` maps target layer `{layer}` {_shapes(target_shapes)} to source layer "
+                    f"`{source_layer}` {_shapes(source_shapes)}: the shapes differ, so the weights cannot be "
+                    "copied. Map it to a layer of the same shape or remove the entry (it is then re-initialised)."
+                )
             if _covered(layer, reinit):
                 reason = "asked"
             elif len(source_shapes) < len(keys):
                 reason = "not in source"
             elif source_shapes != target_shapes:
-                reason = "shape differs"
+                reason = _shape_change(source_shapes, target_shapes)
             else:
-                for key in keys:
-                    target_state[key].copy_(source_state[key].to(target_state[key].dtype))
+                for key, source_key in zip(keys, source_keys, strict=True):
+                    target_state[key].copy_(source_state[source_key].to(target_state[key].dtype))
                 mapping.copied[layer] = target_shapes
+                if source_layer != layer:
+                    mapping.renamed[layer] = source_layer
                 continue
             mapping.reinitialised[layer] = {
                 "reason": reason,
                 "source": source_shapes,
                 "target": target_shapes,
             }
-    target_layers = set(_group(list(target_state)))
-    for layer, keys in _group(list(source_state)).items():
-        if layer not in target_layers:
+    used = set(pairs.values())
+    for layer, keys in source_groups.items():
+        if layer not in target_groups and layer not in used:
             mapping.unused[layer] = [tuple(source_state[k].shape) for k in keys]
     return mapping
+
+
+def _shape_change(source: list[tuple[int, ...]], target: list[tuple[int, ...]]) -> str:
+    """Why a layer cannot be copied, in the terms of transfer: another input (adapter) or output (head) size."""
+    if len(source) != len(target) or any(len(a) != len(b) for a, b in zip(source, target, strict=True)):
+        return "shape differs"
+    weight_source, weight_target = source[0], target[0]
+    if (
+        len(weight_source) >= 2
+        and weight_source[0] == weight_target[0]
+        and weight_source[1] != weight_target[1]
+    ):
+        unit = "input channels" if len(weight_source) == 4 else "inputs"
+        return f"input adapter: {weight_source[1]} -> {weight_target[1]} {unit}"
+    if weight_source[0] != weight_target[0] and weight_source[1:] == weight_target[1:]:
+        return f"new head: {weight_source[0]} -> {weight_target[0]} outputs"
+    return "shape differs"
+
+
+def _expand_layer_map(
+    layer_map: dict[str, str], target_groups: dict[str, list[str]], source_groups: dict[str, list[str]]
+) -> dict[str, str]:
+    """Check a user's ``layer_map`` against both networks and add the other copies of each pair (target
+    networks, second feature extractors), which must follow their online layer."""
+    from rltransfer.sb3 import COPIES
+
+    for target_layer, source_layer in layer_map.items():
+        if target_layer not in target_groups:
+            raise ConfigError(
+                f"`layer_map`: `{target_layer}` is not a layer of the target agent"
+                f"{did_you_mean(target_layer, target_groups)}. Its layers are: {short_list(target_groups)}."
+            )
+        if source_layer not in source_groups:
+            raise ConfigError(
+                f"`layer_map.{target_layer}`: `{source_layer}` is not a layer of the source agent"
+                f"{did_you_mean(source_layer, source_groups)}. Its layers are: {short_list(source_groups)}."
+            )
+    pairs = dict(layer_map)
+    for target_layer, source_layer in layer_map.items():
+        for prefix, other in COPIES:
+            if target_layer.startswith(prefix) and source_layer.startswith(prefix):
+                twin_target = other + target_layer[len(prefix) :]
+                twin_source = other + source_layer[len(prefix) :]
+                if twin_target in target_groups and twin_source in source_groups:
+                    pairs.setdefault(twin_target, twin_source)
+    return pairs
 
 
 def source_agent_config(source: SourceAgent) -> AgentConfig:
@@ -299,12 +380,11 @@ def transfer(
     resume: str | Path | None = None,
 ) -> TransferResult:
     """Transfer a source agent to the config's target env, freeze the named layers and fine-tune the rest.
-    ``resume`` continues an interrupted transfer from its run directory (the same source must still exist)."""
-    from rltransfer.agents import build_agent
-    from rltransfer.environment import make_envs, resolve_device
+
+    With a ``chain``, the agent first goes through each intermediate game in turn (transitive transfer); the
+    stages are run directories under ``<run_dir>/chain/``. ``resume`` continues an interrupted transfer from its
+    run directory (the same source must still exist); finished chain stages are reused, not retrained."""
     from rltransfer.io import prepare_run_dir
-    from rltransfer.layers import select_layers
-    from rltransfer.sb3 import freeze_agent, is_target_copy, layer_copies
 
     if resume is not None:
         from rltransfer.training import resume_config
@@ -312,16 +392,158 @@ def transfer(
         config = resume_config(resume, TransferConfig)
     config = coerce_config(config, TransferConfig)
     assert isinstance(config, TransferConfig)
-    source = load_source(config.source, trust=config.trust_source)
+    check_chain(config)
+    if not config.chain:  # the run directory is created once the source, mapping and freezing are known good
+        return _transfer_stage(
+            config,
+            Path(resume) if resume is not None else None,
+            config.source,
+            config.trust_source,
+            first=True,
+            resume=resume is not None,
+            progress_bar=progress_bar,
+            verbose=verbose,
+        )
+    load_source(
+        config.source, trust=config.trust_source
+    )  # a missing or unreadable source fails here, not later
+    run_dir = Path(resume) if resume is not None else prepare_run_dir(config.log_root, config.name)
+    if resume is None:  # what --resume needs if a signal stops the chain before its last stage starts
+        write_text(run_dir / "config.yaml", dump_config(config))
+        write_json(run_dir / "run.json", {"kind": "transfer", "status": "running", "env": config.env.id})
+    source, trust = config.source, config.trust_source
+    stages: list[dict[str, Any]] = []
+    for index in range(len(config.chain)):
+        stage_config = chain_stage_config(config, index, run_dir, source, trust)
+        stage_dir = Path(stage_config.log_root) / stage_config.name
+        if verbose:
+            print(
+                f"Chain stage {index + 1} of {len(config.chain) + 1}: {stage_config.env.id} "
+                f"({stage_config.budget:,} steps) into {stage_dir}",
+                flush=True,
+            )
+        try:
+            stages.append(_run_chain_stage(stage_config, stage_dir, progress_bar, verbose))
+        except Interrupted as stop:
+            raise Interrupted(
+                stop.signum, run_dir, "transfer", f" in chain stage {index + 1} ({stage_config.env.id})"
+            ) from None
+        source, trust = str(stage_dir), False
+    if verbose:
+        print(f"Chain stage {len(config.chain) + 1} of {len(config.chain) + 1}: {config.env.id}", flush=True)
+    resumable = resume is not None and (run_dir / CHECKPOINT_DIR / "state.json").is_file()
+    return _transfer_stage(
+        config,
+        run_dir,
+        source,
+        trust,
+        first=False,
+        resume=resumable,
+        progress_bar=progress_bar,
+        verbose=verbose,
+        chain=stages,
+    )
+
+
+def check_chain(config: TransferConfig) -> None:
+    """Every chain stage names a game that exists (with valid context) before anything trains."""
+    from rltransfer.environment import check_env
+
+    for index, stage in enumerate(config.chain):
+        check_env(stage.env, f"chain.{index}.env")
+
+
+def chain_stage_config(
+    config: TransferConfig, index: int, run_dir: Path, source: str, trust: bool
+) -> TransferConfig:
+    """The transfer config of intermediate stage `index`: its game, budget and evaluation, the transfer's agent
+    and freezing; ``reinit`` and ``layer_map`` only apply when leaving the original source."""
+    stage = config.chain[index]
+    label = stage.env.id.split(":")[-1].split("/")[-1].rsplit("-v", 1)[0]
+    return config.model_copy(
+        update={
+            "name": f"{index + 1}-{label}",
+            "log_root": str(run_dir / "chain"),
+            "env": stage.env,
+            "budget": stage.budget,
+            "eval": stage.eval or config.eval,
+            "source": source,
+            "trust_source": trust,
+            "reinit": config.reinit if index == 0 else [],
+            "layer_map": config.layer_map if index == 0 else {},
+            "chain": [],
+        }
+    )
+
+
+def _run_chain_stage(
+    config: TransferConfig, stage_dir: Path, progress_bar: bool, verbose: bool
+) -> dict[str, Any]:
+    """Run one intermediate stage; a stage that already finished with this exact config is reused, an
+    interrupted one continues from its checkpoint."""
+    record = _read_record(stage_dir)
+    same = (stage_dir / "config.yaml").is_file() and (stage_dir / "config.yaml").read_text(
+        encoding="utf-8"
+    ) == dump_config(config)
+    if same and record.get("status") == "finished" and (stage_dir / "best_model.zip").is_file():
+        if verbose:
+            print(f"  reusing the finished stage {stage_dir}", flush=True)
+    elif (
+        same
+        and record.get("status") == "interrupted"
+        and (stage_dir / CHECKPOINT_DIR / "state.json").is_file()
+    ):
+        transfer(progress_bar=progress_bar, verbose=verbose, resume=stage_dir)
+    else:
+        transfer(config, progress_bar=progress_bar, verbose=verbose)
+    record = _read_record(stage_dir)
+    return {
+        "env": config.env.id,
+        "run_dir": str(stage_dir),
+        "budget": config.budget,
+        "timesteps": record.get("timesteps"),
+        "best_mean_return": record.get("best_mean_return"),
+    }
+
+
+def _read_record(run_dir: Path) -> dict[str, Any]:
+    try:
+        record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _transfer_stage(
+    config: TransferConfig,
+    run_dir: Path | None,
+    source_path: str,
+    trust: bool,
+    *,
+    first: bool,
+    resume: bool,
+    progress_bar: bool,
+    verbose: bool,
+    chain: list[dict[str, Any]] | None = None,
+) -> TransferResult:
+    """One transfer: load the source, build the target agent, map, freeze and fine-tune into `run_dir` (None:
+    a new run directory, made once everything before training has worked)."""
+    from rltransfer.agents import build_agent
+    from rltransfer.environment import make_envs, resolve_device
+    from rltransfer.io import prepare_run_dir
+    from rltransfer.layers import select_layers
+    from rltransfer.sb3 import freeze_agent, is_target_copy, layer_copies
+
+    source = load_source(source_path, trust=trust)
     agent = config.agent or source_agent_config(source)
     train_env, eval_env = make_envs(config.env, config.seed)
     model = build_agent(agent, train_env, seed=config.seed, device=resolve_device(config.device))
     policy = model.policy
     try:
-        reinit = layer_copies(policy, select_layers(policy, config.reinit)) if config.reinit else []
+        reinit = layer_copies(policy, select_layers(policy, config.reinit)) if config.reinit and first else []
     except LayerSelectionError as error:
         raise ConfigError(f"`reinit`: {error}") from None
-    mapping = map_weights(source.state_dict, policy, reinit)
+    mapping = map_weights(source.state_dict, policy, reinit, config.layer_map if first else None)
     if not mapping.copied and any(info["reason"] != "asked" for info in mapping.reinitialised.values()):
         raise TransferError(
             f"No layer of the source {source.path} fits the target agent ({agent.algo} on {config.env.id}): "
@@ -342,8 +564,16 @@ def transfer(
     table = mapping.format()
     if verbose:
         print(f"Transfer from {source.path} to {config.env.id}:\n{table}", flush=True)
-    run_dir = Path(resume) if resume is not None else prepare_run_dir(config.log_root, config.name)
-    metadata = {"algo": agent.algo, "source": str(source.path), "mapping": mapping.as_dict()}
+    run_dir = run_dir or prepare_run_dir(config.log_root, config.name)
+    metadata: dict[str, Any] = {
+        "algo": agent.algo,
+        "agent": agent.model_dump(mode="json"),
+        "source": str(source.path),
+        "mapping": mapping.as_dict(),
+    }
+    if chain:
+        metadata["chain"] = chain
+        metadata["chain_steps"] = sum(int(stage["timesteps"] or 0) for stage in chain)
     callbacks = []
     if config.unfreeze_at is not None and mapping.frozen:
         from rltransfer.callbacks import UnfreezeAt
@@ -360,13 +590,13 @@ def transfer(
         progress_bar=progress_bar,
         metadata=metadata,
         texts={"transfer/layers": table},
-        resume=resume is not None,
+        resume=resume,
     )
     current = policy.state_dict()
     unchanged = all(torch.equal(value, current[key]) for key, value in snapshot.items()) if snapshot else None
     unfrozen_at = callbacks[0].unfrozen_at if callbacks else None
     _record(run_dir, frozen_unchanged=unchanged, unfrozen_at=unfrozen_at)
-    return TransferResult(**vars(result), mapping=mapping, frozen_unchanged=unchanged)
+    return TransferResult(**vars(result), mapping=mapping, frozen_unchanged=unchanged, chain=chain or [])
 
 
 def _describe(state: dict[str, torch.Tensor]) -> list[str]:

@@ -29,6 +29,18 @@ def test_shipped_configs_validate(path: Path) -> None:
     model = StudyConfig if "targets" in data else TransferConfig if "source" in data else TrainConfig
     config = load_config(path, model)
     assert config.budget > 0
+    from rltransfer.config import EnvConfig
+    from rltransfer.environment import check_env
+
+    # every game a shipped config names exists, with context inside its family's ranges
+    if isinstance(config, StudyConfig):
+        for target in config.targets:
+            check_env(EnvConfig(id=target.id, context=target.context))
+        for strategy in config.strategies:
+            for stage in getattr(strategy, "chain", []):
+                check_env(stage.env)
+    else:
+        check_env(config.env)
 
 
 @pytest.mark.parametrize(

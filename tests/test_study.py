@@ -129,6 +129,20 @@ def test_a_failing_run_is_reported_without_losing_the_others(study, monkeypatch,
             "did you mean `rltransfer/CartPoleLongPole-v1`",
         ),
         ({"agent": {"algo": "ppo", "policy": {"hidden": [7]}}}, TransferError, "no layer of the source fits"),
+        (
+            {
+                "strategies": [
+                    {"name": "via", "chain": [{"env": {"id": "rltransfer/CartPoleLongPol-v1"}, "budget": 9}]}
+                ]
+            },
+            ConfigError,
+            "`strategies via.chain.0.env.id` 'rltransfer/CartPoleLongPol-v1' is not a registered",
+        ),
+        (
+            {"strategies": [{"name": "mapped", "layer_map": {"action_net": "mlp_extractor.head"}}]},
+            ConfigError,
+            "`strategies` mapped: `layer_map.action_net`: `mlp_extractor.head` is not a layer of the source",
+        ),
     ],
 )
 def test_bad_studies_are_rejected_before_any_run(study, change, error, expected) -> None:
@@ -183,3 +197,19 @@ def test_study_interrupted_by_signal_resumes_its_runs_from_checkpoints(study, tm
     for run in saved:  # the interrupted runs continued from their checkpoints rather than starting again
         record = json.loads((run / "run.json").read_text())
         assert record["status"] == "finished" and record["resumed_from"] > 0
+
+
+def test_a_study_compares_a_chain_with_direct_transfer(study) -> None:
+    study["strategies"] = [
+        "finetune",
+        {"name": "via-long", "chain": [{"env": {"id": "rltransfer/CartPoleLongPole-v1"}, "budget": 256}]},
+    ]
+    study["seeds"] = 1
+    report = run_study(study, workers=1)
+    run_dir = report.study_dir / "runs" / "short" / "via-long" / "seed0"
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["chain"][0]["env"] == "rltransfer/CartPoleLongPole-v1" and record["chain_steps"] >= 256
+    assert (run_dir / "chain" / "1-CartPoleLongPole" / "best_model.zip").is_file()
+    assert record["source"].endswith("1-CartPoleLongPole/best_model.zip")
+    assert set(report.metrics["short"]) == {"finetune", "via-long"}
+    assert "the chain spent 256 more steps per seed" in report.report_md.read_text()

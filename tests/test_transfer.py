@@ -76,7 +76,11 @@ def test_mismatched_spaces_reinitialise_only_mismatched_layers(tmp_path) -> None
     for layer in mapping.reinitialised:  # the target's own fresh initialisation, not the source's weights
         assert torch.equal(state[f"{layer}.weight"], fresh[f"{layer}.weight"])
     assert mapping.reinitialised["action_net"]["source"] == [(2, 16), (2,)]
-    assert "re-initialised (shape differs)" in mapping.format()
+    table = (
+        mapping.format()
+    )  # CartPole's 4 observations -> Acrobot's 6: new input layers; 2 -> 3 actions: new head
+    assert "re-initialised (input adapter: 4 -> 6 inputs)" in table
+    assert "re-initialised (new head: 2 -> 3 outputs)" in table
 
 
 def test_reinit_forces_a_fresh_head(tmp_path, tiny_transfer) -> None:
