@@ -142,7 +142,12 @@ class AtariContextEnv(gym.Env):
             full_action_space=False,
             render_mode=render_mode,
         )
-        self.inner = AtariWrapper(ale, frame_skip=int(values["frame_skip"]), terminal_on_life_loss=False)
+        self.inner = AtariWrapper(
+            ale,
+            frame_skip=int(values["frame_skip"]),
+            terminal_on_life_loss=False,
+            clip_reward=bool(values["clip_reward"]),
+        )
         self.action_space = spaces.Discrete(int(self.inner.action_space.n))
         self.observation_space = spaces.Box(0, 255, (84, 84, 4), dtype=np.uint8)
         self.frames: collections.deque[np.ndarray] = collections.deque(maxlen=4)

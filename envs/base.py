@@ -42,6 +42,8 @@ class EnvFamily:
     requires: tuple[tuple[str, ...], str] | None = None
     """(modules, rltransfer extra) for a family that needs optional packages, e.g. (("Box2D", "pygame"), "box2d")."""
     register_base: bool = True
+    eval_context: Mapping[str, float] = field(default_factory=dict)
+    """Context the evaluation env uses on top of the run's, e.g. unclipped rewards so that returns are scores."""
     """False for families whose variants are different games (``game`` in the variant): no base id."""
 
     def missing_package(self) -> str | None:

@@ -62,11 +62,15 @@ ATARI = EnvFamily(
     params={
         "repeat_action_probability": ContextParam(0.25, 0.0, 0.5, "sticky actions (ALE v5 default 0.25)"),
         "frame_skip": ContextParam(4, 1, 8, "frames per agent step (max-pooled over the last two)"),
+        "clip_reward": ContextParam(
+            1, 0, 1, "1: training rewards clipped to their sign; evaluation never clips"
+        ),
     },
     variants={f"Atari{name}": {"game": game} for name, game in ATARI_GAMES.items()},
     max_episode_steps=27_000,
     doc="Atari 2600 through ale-py with the standard wrappers (no-op reset, frame skip, 84x84 grey, 4 "
-    "stacked frames, rewards clipped to their sign, so returns count clipped rewards)",
+    "stacked frames, training rewards clipped to their sign; evaluation returns are game scores)",
     requires=(("ale_py", "cv2"), "atari"),
     register_base=False,
+    eval_context={"clip_reward": 0.0},
 )

@@ -67,8 +67,10 @@ def make_envs(env: EnvConfig, seed: int) -> tuple[VecEnv, VecEnv]:
         raise ConfigError(
             f"`env.context` {context} was rejected by {env.id}: {error}. Remove the unknown keys."
         ) from None
+    family = family_of(env.id)
+    eval_context = {**context, **(family.eval_context if family is not None else {})}
     eval_env = make_vec_env(
-        env.id, n_envs=1, seed=seed + EVAL_SEED_OFFSET, env_kwargs=context, vec_env_cls=DummyVecEnv
+        env.id, n_envs=1, seed=seed + EVAL_SEED_OFFSET, env_kwargs=eval_context, vec_env_cls=DummyVecEnv
     )
     return train_env, eval_env
 

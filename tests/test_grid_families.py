@@ -302,3 +302,57 @@ def test_a_transfer_run_is_a_source_with_its_agent(breakout_source, tmp_path) ->
         verbose=False,
     )
     assert load_source(first.run_dir).agent == AgentConfig.model_validate(CNN_AGENT)
+
+
+def test_an_interrupted_chain_resumes_reusing_its_finished_stages(tmp_path, monkeypatch, capsys) -> None:
+    import signal
+
+    import rltransfer.transfers as transfers
+    from rltransfer.interrupt import Interrupted
+
+    source = rltransfer.train(
+        run_config(tmp_path, "doorkey5", "rltransfer/DoorKey5x5-v1", agent=copy.deepcopy(GRID_AGENT)),
+        progress_bar=False,
+    )
+    config = run_config(
+        tmp_path,
+        "chain",
+        "rltransfer/DoorKey8x8-v1",
+        source=str(source.run_dir),
+        chain=[{"env": {"id": "rltransfer/DoorKey6x6-v1", "n_envs": 2}, "budget": 64}],
+    )
+    real = transfers._transfer_stage
+
+    def stopped_before_the_last_stage(config, run_dir, *args, first, **kwargs):
+        if not first and config.chain:  # the final stage of the chain (stages themselves carry no chain)
+            raise Interrupted(signal.SIGTERM, run_dir or "", "transfer")
+        return real(config, run_dir, *args, first=first, **kwargs)
+
+    monkeypatch.setattr(transfers, "_transfer_stage", stopped_before_the_last_stage)
+    with pytest.raises(Interrupted) as stop:
+        rltransfer.transfer(config, progress_bar=False, verbose=False)
+    run_dir = tmp_path / "runs" / "chain"
+    assert "Continue with: rltransfer transfer --resume" in str(stop.value)
+    stage_model = run_dir / "chain" / "1-DoorKey6x6" / "best_model.zip"
+    stamp = stage_model.stat().st_mtime_ns
+    monkeypatch.setattr(transfers, "_transfer_stage", real)
+    capsys.readouterr()
+    result = rltransfer.transfer(progress_bar=False, verbose=True, resume=run_dir)
+    assert "reusing the finished stage" in capsys.readouterr().out
+    assert stage_model.stat().st_mtime_ns == stamp  # not retrained
+    assert result.run_dir == run_dir and result.chain[0]["timesteps"] >= 64 and result.timesteps >= 64
+
+
+def test_atari_context_reaches_the_emulator_and_evaluation_scores_are_unclipped() -> None:
+    pytest.importorskip("ale_py")
+    pytest.importorskip("cv2")
+    env = gym.make("rltransfer/AtariPong-v1", frame_skip=2, repeat_action_probability=0.0)
+    env.reset(seed=0)
+    ale = env.unwrapped.inner.unwrapped.ale
+    assert ale.getFloat("repeat_action_probability") == 0.0
+    start = ale.getEpisodeFrameNumber()
+    env.step(0)
+    assert ale.getEpisodeFrameNumber() - start == 2  # two emulator frames per agent step
+    train_env, eval_env = make_envs(EnvConfig(id="rltransfer/AtariBreakout-v1", n_envs=1), seed=0)
+    assert train_env.envs[0].unwrapped.context["clip_reward"] == 1.0
+    assert eval_env.envs[0].unwrapped.context["clip_reward"] == 0.0
