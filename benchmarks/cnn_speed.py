@@ -4,12 +4,11 @@
 
 Each case builds the agent the shipped configs use (PPO and DQN with the small CNN on MinAtar; PPO with SB3's
 Nature-CNN on Atari, when ale-py is installed), learns for a warm-up, then times ``learn`` for `--steps` more
-environment steps. Prints a table and writes ``cnn_speed.json`` beside the working directory's ``runs/``."""
+environment steps. Prints a table and writes it to ``--out`` (default ``runs/benchmarks/cnn_speed.json``)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from rltransfer.agents import build_agent
 from rltransfer.config import AgentConfig, EnvConfig, TrainConfig, load_config, resolve_config_path
 from rltransfer.environment import make_envs, resolve_device
+from rltransfer.io import write_json
 
 CASES = {
     # name: (env id, agent: a shipped config's agent or an explicit one, n_envs)
@@ -77,6 +77,7 @@ def main() -> None:
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
     parser.add_argument("--only", nargs="*", choices=sorted(CASES), default=None)
+    parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/cnn_speed.json"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,9 +97,8 @@ def main() -> None:
             f"({result['steps']:,} steps in {result['seconds']:.1f} s)",
             flush=True,
         )
-    Path("cnn_speed.json").write_text(
-        json.dumps({"threads": torch.get_num_threads(), "results": results}, indent=2)
-    )
+    write_json(args.out, {"threads": torch.get_num_threads(), "device": device, "results": results})
+    print(f"Written to {args.out}")
 
 
 if __name__ == "__main__":
