@@ -161,10 +161,14 @@ def _rows(metrics: dict[str, StrategyMetrics], scratch: dict[str, Summary]) -> l
             verdict = "too few seeds for a verdict"
         elif result.negative_transfer:
             verdict = "NEGATIVE TRANSFER"
-        elif result.summary["speedup"].low > 1:
-            verdict = "faster than scratch"
         else:
-            verdict = "no clear difference"
+            gains = []
+            if result.summary["speedup"].low > 1:
+                gains.append("faster than scratch")
+            asymptote = result.summary["asymptotic_gain"]
+            if asymptote.n >= MIN_SEEDS and asymptote.low > 0:
+                gains.append("higher asymptote than scratch")
+            verdict = ", ".join(gains) or "no clear difference"
         cells.append(verdict)
         rows.append(cells)
     return rows
@@ -203,7 +207,9 @@ def _markdown(plan: StudyPlan, report: StudyReport) -> str:
         "seed. Time to threshold is the first evaluation at or above the threshold; a run that never gets there counts "
         "as the budget (censored) and is counted in the table. Speed-up = scratch's time / the strategy's time; the "
         "stable variant uses the first evaluation after which the return stays above the threshold. A strategy whose "
-        "transfer-ratio interval lies below 0, or whose speed-up interval lies below 1, is flagged as negative transfer.",
+        "transfer-ratio interval lies below 0, or whose speed-up interval lies below 1, is flagged as negative transfer; "
+        "one whose speed-up interval lies above 1 is faster than scratch, one whose asymptotic-gain interval lies above 0 "
+        "reaches a higher asymptote.",
         "",
     ]
     for target, by_strategy in report.metrics.items():
@@ -212,6 +218,13 @@ def _markdown(plan: StudyPlan, report: StudyReport) -> str:
         lines.append("| " + " | ".join(rows[0]) + " |")
         lines.append("|" + "---|" * len(rows[0]))
         lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+        scratch_times = report.scratch.get(target, {}).get("time_to_threshold")
+        if scratch_times is not None and scratch_times.n and scratch_times.low >= config.budget:
+            lines += [
+                "",
+                f"Scratch did not reach the threshold within the budget on most seeds (median censored at "
+                f"{config.budget:,}): its real time is longer, so every speed-up here is a lower bound.",
+            ]
         lines += [""] + [
             f"- `{name}`: "
             + ("fresh weights, same budget (the baseline)" if name == "scratch" else _describe_strategy(spec))
