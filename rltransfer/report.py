@@ -156,6 +156,8 @@ def _rows(metrics: dict[str, StrategyMetrics], scratch: dict[str, Summary]) -> l
             text = result.summary[name].format(digits)
             if name == "time_to_threshold" and result.censored:
                 text += f" ({result.censored}/{len(result.per_seed)} never)"
+            elif 0 < result.summary[name].n < len(result.per_seed):  # e.g. a ratio to a scratch area of 0
+                text += f" ({result.summary[name].n}/{len(result.per_seed)} seeds)"
             cells.append(text)
         if len(result.per_seed) < MIN_SEEDS:
             verdict = "too few seeds for a verdict"
