@@ -170,6 +170,9 @@ def _rows(metrics: dict[str, StrategyMetrics], scratch: dict[str, Summary]) -> l
             asymptote = result.summary["asymptotic_gain"]
             if asymptote.n >= MIN_SEEDS and asymptote.low > 0:
                 gains.append("higher asymptote than scratch")
+            ratio = result.summary["transfer_ratio"]
+            if ratio.n >= MIN_SEEDS and ratio.low > 0:
+                gains.append("larger area under the curve")
             verdict = ", ".join(gains) or "no clear difference"
         cells.append(verdict)
         rows.append(cells)
@@ -211,7 +214,7 @@ def _markdown(plan: StudyPlan, report: StudyReport) -> str:
         "stable variant uses the first evaluation after which the return stays above the threshold. A strategy whose "
         "transfer-ratio interval lies below 0, or whose speed-up interval lies below 1, is flagged as negative transfer; "
         "one whose speed-up interval lies above 1 is faster than scratch, one whose asymptotic-gain interval lies above 0 "
-        "reaches a higher asymptote.",
+        "reaches a higher asymptote, one whose transfer-ratio interval lies above 0 has a larger area under the curve.",
         "",
     ]
     for target, by_strategy in report.metrics.items():

@@ -87,7 +87,11 @@ def test_a_higher_asymptote_without_reaching_the_threshold_is_a_verdict_of_its_o
 
     scratch = [(0, 0.0), (10, 0.0), (20, 0.0), (30, 0.1)]
     transfer = [(0, 0.0), (10, 0.5), (20, 0.8), (30, 0.8)]  # better, yet below the 0.9 threshold
-    metrics = strategy_metrics([seed_metrics(s, transfer, scratch, threshold=0.9, budget=30) for s in range(4)])
+    metrics = strategy_metrics(
+        [seed_metrics(s, transfer, scratch, threshold=0.9, budget=30) for s in range(4)]
+    )
     assert metrics.summary["speedup"].median == 1.0 and not metrics.negative_transfer
     rows = _rows({"chain": metrics}, {})
-    assert rows[1][0] == "chain" and rows[1][-1] == "higher asymptote than scratch"
+    assert (
+        rows[1][0] == "chain" and rows[1][-1] == "higher asymptote than scratch, larger area under the curve"
+    )
