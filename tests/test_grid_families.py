@@ -226,7 +226,8 @@ def test_layer_map_copies_by_name_and_names_a_missing_layer(breakout_source) -> 
         map_weights(source.state_dict, target.policy, layer_map={"action_net": "value_net"})
 
 
-def test_a_two_stage_chain_runs_end_to_end(tmp_path) -> None:
+def doorkey_chain(tmp_path, **extra) -> tuple:
+    """A tiny DoorKey 5x5 source and a transfer config 5x5 -> 6x6 -> 8x8 from it."""
     source = rltransfer.train(
         run_config(tmp_path, "doorkey5", "rltransfer/DoorKey5x5-v1", agent=copy.deepcopy(GRID_AGENT)),
         progress_bar=False,
@@ -236,9 +237,14 @@ def test_a_two_stage_chain_runs_end_to_end(tmp_path) -> None:
         "chain",
         "rltransfer/DoorKey8x8-v1",
         source=str(source.run_dir),
-        freeze=["mlp_extractor.policy_net.0"],
         chain=[{"env": {"id": "rltransfer/DoorKey6x6-v1", "n_envs": 2}, "budget": 64}],
+        **extra,
     )
+    return source, config
+
+
+def test_a_two_stage_chain_runs_end_to_end(tmp_path) -> None:
+    source, config = doorkey_chain(tmp_path, freeze=["mlp_extractor.policy_net.0"])
     result = rltransfer.transfer(config, progress_bar=False, verbose=False)
     stage_dir = result.run_dir / "chain" / "1-DoorKey6x6"
     assert [stage["env"] for stage in result.chain] == ["rltransfer/DoorKey6x6-v1"]
@@ -310,17 +316,7 @@ def test_an_interrupted_chain_resumes_reusing_its_finished_stages(tmp_path, monk
     import rltransfer.transfers as transfers
     from rltransfer.interrupt import Interrupted
 
-    source = rltransfer.train(
-        run_config(tmp_path, "doorkey5", "rltransfer/DoorKey5x5-v1", agent=copy.deepcopy(GRID_AGENT)),
-        progress_bar=False,
-    )
-    config = run_config(
-        tmp_path,
-        "chain",
-        "rltransfer/DoorKey8x8-v1",
-        source=str(source.run_dir),
-        chain=[{"env": {"id": "rltransfer/DoorKey6x6-v1", "n_envs": 2}, "budget": 64}],
-    )
+    _, config = doorkey_chain(tmp_path)
     real = transfers._transfer_stage
 
     def stopped_before_the_last_stage(config, run_dir, *args, first, **kwargs):
