@@ -177,12 +177,10 @@ def run_training(
         (run_dir / "progress.csv").rename(run_dir / f"progress.before-resume-{part}.csv")
     model.set_logger(configure(str(run_dir), ["tensorboard", "csv"]))
     n_envs = model.get_env().num_envs  # type: ignore[union-attr]
-    if is_vecenv_wrapped(model.get_env(), VecTransposeImage) and not is_vecenv_wrapped(
-        eval_env, VecTransposeImage
-    ):
-        eval_env = VecTransposeImage(
-            eval_env
-        )  # SB3 transposed the training frames; evaluate on the same layout
+    # SB3 transposed channel-last training frames (Atari); evaluate on the same layout
+    transposed = is_vecenv_wrapped(model.get_env(), VecTransposeImage)
+    if transposed and not is_vecenv_wrapped(eval_env, VecTransposeImage):
+        eval_env = VecTransposeImage(eval_env)
     evaluation = EvaluateAndKeepBest(
         eval_env,
         run_dir,

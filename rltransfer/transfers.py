@@ -139,9 +139,8 @@ def load_source(source: str | Path, trust: bool = False) -> SourceAgent:
         if "agent" in raw and isinstance(raw["agent"], dict):
             agent = parse_agent(raw["agent"], str(config_path))
         elif isinstance(resolved := _read_record(path.parent).get("agent"), dict):
-            agent = parse_agent(
-                resolved, str(path.parent / "run.json")
-            )  # a transfer that took its source's agent
+            # a transfer run that took its own source's agent records it in run.json
+            agent = parse_agent(resolved, str(path.parent / "run.json"))
     algo = agent.algo if agent else _algo_from_data(data)
     return SourceAgent(
         path=path, state_dict=state_dict, agent=agent, algo=algo, activation=_activation_from_data(data)
@@ -404,9 +403,8 @@ def transfer(
             progress_bar=progress_bar,
             verbose=verbose,
         )
-    load_source(
-        config.source, trust=config.trust_source
-    )  # a missing or unreadable source fails here, not later
+    # a missing or unreadable source fails before the chain's run directory exists
+    load_source(config.source, trust=config.trust_source)
     run_dir = Path(resume) if resume is not None else prepare_run_dir(config.log_root, config.name)
     if resume is None:  # what --resume needs if a signal stops the chain before its last stage starts
         write_text(run_dir / "config.yaml", dump_config(config))
