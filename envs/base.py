@@ -42,9 +42,9 @@ class EnvFamily:
     requires: tuple[tuple[str, ...], str] | None = None
     """(modules, rltransfer extra) for a family that needs optional packages, e.g. (("Box2D", "pygame"), "box2d")."""
     register_base: bool = True
+    """False for families whose variants are different games (``game`` in the variant): no base id."""
     eval_context: Mapping[str, float] = field(default_factory=dict)
     """Context the evaluation env uses on top of the run's, e.g. unclipped rewards so that returns are scores."""
-    """False for families whose variants are different games (``game`` in the variant): no base id."""
 
     def missing_package(self) -> str | None:
         """The pip command that installs what this family needs, when something is missing; else None."""
