@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.utils import FloatSchedule, LinearSchedule
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
 from rltransfer.agents.algorithms import ALGORITHMS
 from rltransfer.agents.dropout import add_dropout
 from rltransfer.agents.extractors import extractor_kwargs
-from rltransfer.config import AgentConfig
-from rltransfer.errors import ConfigError
-from rltransfer.optim import constant_schedule, linear_schedule, optimizer_class
-from rltransfer.sb3 import rebuild_optimizers
+from rltransfer.agents.config import AgentConfig
+from rltransfer.core.errors import ConfigError
+from rltransfer.core.optim import optimizer_class
+from rltransfer.agents.freezing import rebuild_optimizers
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
@@ -119,3 +121,13 @@ def build_agent(agent: AgentConfig, env: VecEnv, *, seed: int, device: str = "au
     add_dropout(model.policy, agent.policy.dropout)
     rebuild_optimizers(model, l1=agent.optimizer.l1)
     return model
+
+
+def constant_schedule(value: float) -> Callable[[float], float]:
+    """SB3 schedule returning `value` throughout (a picklable SB3 class, so saved agents load without rltransfer)."""
+    return FloatSchedule(value)
+
+
+def linear_schedule(start: float, end: float = 0.0) -> Callable[[float], float]:
+    """SB3 schedule decaying linearly from `start` to `end` over training."""
+    return LinearSchedule(start, end, 1.0)

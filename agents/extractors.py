@@ -13,7 +13,7 @@ from gymnasium import spaces
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
 from torch import nn
 
-from rltransfer.errors import ConfigError
+from rltransfer.core.errors import ConfigError
 
 
 class SmallCNN(BaseFeaturesExtractor):

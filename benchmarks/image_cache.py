@@ -22,7 +22,7 @@ from rltransfer.vision.cache import FeatureCache
 from rltransfer.vision.config import DataConfig, StageConfig, TrainingConfig
 from rltransfer.vision.data import load_task
 from rltransfer.vision.models import ModelSpec, build_classifier
-from rltransfer.vision.training import Trainer
+from rltransfer.vision.trainer import Trainer
 
 
 def make_folder(root: Path, classes: int, per_class: int, size: int) -> None:

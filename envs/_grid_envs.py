@@ -10,7 +10,7 @@ import numpy as np
 from gymnasium import spaces
 
 from rltransfer.envs.grids import ATARI, DOORKEY, MINATAR
-from rltransfer.errors import ConfigError
+from rltransfer.core.errors import ConfigError
 
 
 def _require(family: Any) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from gymnasium.error import DependencyNotInstalled
 
 from rltransfer.envs.lunarlander import FAMILY
-from rltransfer.errors import ConfigError
+from rltransfer.core.errors import ConfigError
 
 try:
     from gymnasium.envs.box2d.lunar_lander import LunarLander

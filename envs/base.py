@@ -11,7 +11,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from rltransfer.errors import ConfigError, did_you_mean
+from rltransfer.core.errors import ConfigError, did_you_mean
 
 NAMESPACE = "rltransfer"
 

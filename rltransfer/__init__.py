@@ -1,79 +1,80 @@
 """rltransfer: train a source agent, transfer it to similar games, and measure whether it paid.
 
-The freeze / replace-head core works on any ``torch.nn.Module``; the RL layer stands on Stable-Baselines3 and
-gymnasium, image transfer (``run_image``) on torchvision. Importing rltransfer registers its game families (``rltransfer/CartPoleLongPole-v1``...) with gymnasium;
-the SB3-based parts load on first use.
+The freeze / replace-head core works on any ``torch.nn.Module`` and is imported at once; the RL names (on
+Stable-Baselines3 and gymnasium), the study and image transfer (on torchvision) load on first use. Importing
+rltransfer registers its game families (``rltransfer/CartPoleLongPole-v1``, ...) with gymnasium. Image helpers
+beyond ``run_image`` live in :mod:`rltransfer.vision`.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rltransfer import envs  # noqa: F401  (registers the game families with gymnasium)
-from rltransfer.errors import ConfigError, LayerSelectionError, RLTransferError, TransferError
-from rltransfer.heads import find_head, replace_head
-from rltransfer.layers import (
-    LayerInfo,
-    count_parameters,
-    format_layers,
-    freeze,
-    frozen_layers,
-    layer_names,
-    list_layers,
-    select_layers,
-    unfreeze,
-)
-from rltransfer.optim import build_optimizer, trainable_parameters
+from rltransfer.core.errors import ConfigError, LayerSelectionError, RLTransferError, TransferError
+from rltransfer.core.heads import find_head, replace_head
+from rltransfer.core.layers import freeze, frozen_layers, list_layers, select_layers, unfreeze
+from rltransfer.core.optim import build_optimizer
+
+if TYPE_CHECKING:  # what IDEs and type checkers see for the names loaded on first use
+    from rltransfer.agents.builder import build_agent
+    from rltransfer.agents.freezing import freeze_agent
+    from rltransfer.core.config import load_config
+    from rltransfer.rl.config import TrainConfig, TransferConfig
+    from rltransfer.rl.mapping import map_weights
+    from rltransfer.rl.sources import load_source
+    from rltransfer.rl.training import train
+    from rltransfer.rl.transfer import transfer
+    from rltransfer.study.config import StudyConfig
+    from rltransfer.study.run import run_study
+    from rltransfer.vision.config import ImageConfig
+    from rltransfer.vision.pipeline import run_image
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "train": "rltransfer.training",
-    "RunResult": "rltransfer.training",
-    "transfer": "rltransfer.transfers",
-    "TransferResult": "rltransfer.transfers",
-    "load_source": "rltransfer.transfers",
-    "map_weights": "rltransfer.transfers",
-    "LayerMapping": "rltransfer.transfers",
-    "freeze_agent": "rltransfer.sb3",
-    "rebuild_optimizers": "rltransfer.sb3",
-    "load_config": "rltransfer.config",
-    "TrainConfig": "rltransfer.config",
-    "TransferConfig": "rltransfer.config",
-    "build_agent": "rltransfer.agents",
-    "run_study": "rltransfer.study",
-    "StudyConfig": "rltransfer.config",
-    "unfreeze_agent": "rltransfer.sb3",
-    "run_image": "rltransfer.vision",
-    "ImageConfig": "rltransfer.vision",
-    "ImageResult": "rltransfer.vision",
-    "predict": "rltransfer.vision",
-    "build_classifier": "rltransfer.vision",
-    "load_classifier": "rltransfer.vision",
-    "set_classes": "rltransfer.vision",
-    "ModelSpec": "rltransfer.vision",
+    "load_config": "rltransfer.core.config",
+    "TrainConfig": "rltransfer.rl.config",
+    "TransferConfig": "rltransfer.rl.config",
+    "StudyConfig": "rltransfer.study.config",
+    "ImageConfig": "rltransfer.vision.config",
+    "train": "rltransfer.rl.training",
+    "transfer": "rltransfer.rl.transfer",
+    "run_study": "rltransfer.study.run",
+    "run_image": "rltransfer.vision.pipeline",
+    "load_source": "rltransfer.rl.sources",
+    "map_weights": "rltransfer.rl.mapping",
+    "build_agent": "rltransfer.agents.builder",
+    "freeze_agent": "rltransfer.agents.freezing",
 }
 
 __all__ = [
     "ConfigError",
-    "LayerInfo",
     "LayerSelectionError",
     "RLTransferError",
     "TransferError",
     "build_optimizer",
-    "count_parameters",
     "find_head",
-    "format_layers",
     "freeze",
     "frozen_layers",
-    "layer_names",
     "list_layers",
     "replace_head",
     "select_layers",
-    "trainable_parameters",
     "unfreeze",
-    *_LAZY,
+    "load_config",
+    "TrainConfig",
+    "TransferConfig",
+    "StudyConfig",
+    "ImageConfig",
+    "train",
+    "transfer",
+    "run_study",
+    "run_image",
+    "load_source",
+    "map_weights",
+    "build_agent",
+    "freeze_agent",
 ]
 
 
@@ -84,3 +85,7 @@ def __getattr__(name: str) -> Any:
     value = getattr(import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from rltransfer.config import resolve_config_path
-from rltransfer.errors import ConfigError, RLTransferError
-from rltransfer.interrupt import Interrupted
+from rltransfer.core.config import resolve_config_path
+from rltransfer.core.errors import ConfigError, RLTransferError
+from rltransfer.core.interrupt import Interrupted
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -125,15 +125,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _layers(args.agent)
     if args.command == "image":
         return _image(args)
-    from rltransfer.config import StudyConfig, TrainConfig, TransferConfig, load_config
+    from rltransfer.study.config import StudyConfig
+    from rltransfer.rl.config import TrainConfig, TransferConfig
+    from rltransfer.core.config import load_config
 
     if args.command == "study":
-        from rltransfer.study import run_study
+        from rltransfer.study.plan import run_study
 
         if args.workers is not None and args.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {args.workers}.")
         if args.resume:
-            from rltransfer.study import STUDY_CONFIG
+            from rltransfer.study.plan import STUDY_CONFIG
 
             if args.config or _overrides(args):
                 raise ConfigError(
@@ -163,11 +165,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     else:
         config = load_config(resolve_config_path(args.config), model, _overrides(args))
     if args.command == "train":
-        from rltransfer.training import train
+        from rltransfer.rl.training import train
 
         result = train(config, progress_bar=not args.no_progress, resume=args.resume)
     else:
-        from rltransfer.transfers import transfer
+        from rltransfer.rl.transfer import transfer
 
         result = transfer(config, progress_bar=not args.no_progress, resume=args.resume)
         if result.frozen_unchanged is not None:
@@ -195,7 +197,7 @@ def _image(args: argparse.Namespace) -> int:
             f"rltransfer image takes one config, got extra arguments {args.images}. To classify images use "
             "`rltransfer image predict MODEL IMAGE...`."
         )
-    from rltransfer.config import load_config
+    from rltransfer.core.config import load_config
     from rltransfer.vision.config import ImageConfig
     from rltransfer.vision.pipeline import run_image
 
@@ -218,7 +220,7 @@ def _image(args: argparse.Namespace) -> int:
 
 
 def _layers(agent: str) -> int:
-    from rltransfer.transfers import load_source
+    from rltransfer.rl.transfer import load_source
 
     source = load_source(agent)
     rows = [("tensor", "shape", "parameters")]

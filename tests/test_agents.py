@@ -8,8 +8,8 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from rltransfer.agents import ALGORITHMS, MaskedDropout, build_agent, dropout_layers
-from rltransfer.config import AgentConfig
-from rltransfer.optim import L1Penalty
+from rltransfer.agents.config import AgentConfig
+from rltransfer.core.optim import L1Penalty
 
 
 def make_agent(algo: str = "ppo", env_id: str = "CartPole-v1", **settings):

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rltransfer.config import StudyConfig, TrainConfig, TransferConfig, load_config, parse_config
-from rltransfer.errors import ConfigError
+from rltransfer.study.config import StudyConfig
+from rltransfer.rl.config import TrainConfig, TransferConfig
+from rltransfer.core.config import load_config, parse_config
+from rltransfer.core.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -29,8 +31,8 @@ def test_shipped_configs_validate(path: Path) -> None:
     model = StudyConfig if "targets" in data else TransferConfig if "source" in data else TrainConfig
     config = load_config(path, model)
     assert config.budget > 0
-    from rltransfer.config import EnvConfig
-    from rltransfer.environment import check_env
+    from rltransfer.rl.config import EnvConfig
+    from rltransfer.rl.environment import check_env
 
     # every game a shipped config names exists, with context inside its family's ranges
     if isinstance(config, StudyConfig):
@@ -103,7 +105,7 @@ def test_overrides_use_dotted_keys(tmp_path) -> None:
 
 
 def test_env_id_and_context_errors(tiny_train) -> None:
-    from rltransfer.training import train
+    from rltransfer.rl.training import train
 
     tiny_train["env"]["id"] = "rltransfer/CartPoleLongPol-v1"
     with pytest.raises(ConfigError, match="did you mean `rltransfer/CartPoleLongPole-v1`"):
@@ -141,7 +143,7 @@ def test_a2c_optimizer_switches_point_to_the_optimizer_section(tiny_train) -> No
 def test_training_failure_from_a_badly_typed_hyperparameter_is_a_clear_error(tiny_train) -> None:
     import json
 
-    from rltransfer.training import train
+    from rltransfer.rl.training import train
 
     tiny_train["agent"]["hyperparams"]["n_epochs"] = 2.5
     with pytest.raises(ConfigError, match="agent.hyperparams"):

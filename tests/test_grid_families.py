@@ -12,9 +12,12 @@ import torch
 
 import rltransfer
 from rltransfer.agents import build_agent
-from rltransfer.config import AgentConfig, EnvConfig
-from rltransfer.environment import check_env_id, make_envs
-from rltransfer.transfers import load_source, map_weights
+from rltransfer.agents.config import AgentConfig
+from rltransfer.rl.config import EnvConfig
+from rltransfer.rl.environment import check_env_id, make_envs
+from rltransfer.rl.mapping import map_weights
+from rltransfer.rl.record import RunRecord
+from rltransfer.rl.sources import load_source
 
 pytest.importorskip("minatar")
 pytest.importorskip("minigrid")
@@ -250,7 +253,7 @@ def test_a_two_stage_chain_runs_end_to_end(tmp_path) -> None:
     assert [stage["env"] for stage in result.chain] == ["rltransfer/DoorKey6x6-v1"]
     assert (stage_dir / "best_model.zip").is_file() and result.chain[0]["timesteps"] >= 64
     stage_record = load_source(stage_dir)
-    final_source = rltransfer.transfers._read_record(result.run_dir)["source"]
+    final_source = RunRecord.read(result.run_dir).get("source")
     assert final_source == str(stage_dir / "best_model.zip")  # the last stage starts from the stage's result
     # the frozen first layer went through both stages untouched
     first = load_source(source.run_dir).state_dict["mlp_extractor.policy_net.0.weight"]
@@ -313,8 +316,8 @@ def test_a_transfer_run_is_a_source_with_its_agent(breakout_source, tmp_path) ->
 def test_an_interrupted_chain_resumes_reusing_its_finished_stages(tmp_path, monkeypatch, capsys) -> None:
     import signal
 
-    import rltransfer.transfers as transfers
-    from rltransfer.interrupt import Interrupted
+    import rltransfer.rl.transfer as transfers
+    from rltransfer.core.interrupt import Interrupted
 
     _, config = doorkey_chain(tmp_path)
     real = transfers._transfer_stage

@@ -37,7 +37,7 @@ def test_list_layers_names_shapes_and_state() -> None:
     assert infos["0"].param_shapes == {"weight": (4, 1, 3, 3), "bias": (4,)}
     assert infos["0"].num_params == 40 and not infos["0"].trainable
     assert infos["5"].trainable and infos["5"].output_shape == (2, 16)
-    assert "frozen" in rltransfer.format_layers(list(infos.values()))
+    assert "frozen" in rltransfer.core.layers.format_layers(list(infos.values()))
 
 
 def test_freeze_by_name_glob_and_up_to_on_sb3_policy() -> None:

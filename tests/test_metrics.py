@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rltransfer.metrics import (
+from rltransfer.study.metrics import (
     area_under_curve,
     asymptotic_return,
     bootstrap_median,
@@ -83,7 +83,7 @@ def test_one_seed_gets_no_verdict() -> None:
 
 
 def test_a_higher_asymptote_without_reaching_the_threshold_is_a_verdict_of_its_own() -> None:
-    from rltransfer.report import _rows
+    from rltransfer.study.report import _rows
 
     scratch = [(0, 0.0), (10, 0.0), (20, 0.0), (30, 0.1)]
     transfer = [(0, 0.0), (10, 0.5), (20, 0.8), (30, 0.8)]  # better, yet below the 0.9 threshold

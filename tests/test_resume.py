@@ -13,10 +13,12 @@ import torch
 
 pytest.importorskip("torchvision", reason="the vision extra is part of the test install (see README)")
 
-from rltransfer.config import load_config, resolve_config_path  # noqa: E402
-from rltransfer.errors import ConfigError  # noqa: E402
-from rltransfer.interrupt import Interrupted  # noqa: E402
-from rltransfer.vision import training as vision_training  # noqa: E402
+from rltransfer.core.config import load_config, resolve_config_path  # noqa: E402
+from rltransfer.core.errors import ConfigError  # noqa: E402
+from rltransfer.core.interrupt import Interrupted  # noqa: E402
+from rltransfer.vision import epochs as vision_epochs  # noqa: E402
+from rltransfer.vision import stages as vision_stages  # noqa: E402
+from rltransfer.vision import trainer as vision_trainer  # noqa: E402
 from rltransfer.vision.config import ImageConfig  # noqa: E402
 from rltransfer.vision.pipeline import run_image  # noqa: E402
 
@@ -67,13 +69,13 @@ def test_interrupt_and_resume_matches_an_uninterrupted_run(
         calls.append(1)
         return signal.SIGINT if len(calls) == stop_at else None
 
-    monkeypatch.setattr(vision_training, "stop_requested", stop_after_some_epochs)
+    monkeypatch.setattr(vision_trainer, "stop_requested", stop_after_some_epochs)
     with pytest.raises(Interrupted, match=r"Stopped by SIGINT.*--resume") as stopped:
         run_image(digits(tmp_path, "cut"), **QUIET)
     run = tmp_path / "runs" / "cut"
     assert stopped.value.exit_code == 130 and (run / "checkpoint.pt").is_file()
     assert '"status": "interrupted"' in (run / "run.json").read_text()
-    monkeypatch.setattr(vision_training, "stop_requested", lambda: None)
+    monkeypatch.setattr(vision_trainer, "stop_requested", lambda: None)
     result = run_image(resume=run, **QUIET)
     assert not (run / "checkpoint.pt").exists() and '"status": "finished"' in (run / "run.json").read_text()
     for name in ("model/model.pt", "source-model/model.pt"):
@@ -123,11 +125,11 @@ def test_cli_image_signal_then_resume(tmp_path: Path, signum: int, cli: Any) -> 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rltransfer.errors import NumericalError
+    from rltransfer.core.errors import NumericalError
 
-    real_forward = vision_training.Trainer._forward
+    real_forward = vision_epochs.EpochLoop._forward
 
-    def poisoned(self: vision_training.Trainer, inputs: torch.Tensor, cached: bool) -> Any:
+    def poisoned(self: vision_epochs.EpochLoop, inputs: torch.Tensor, cached: bool) -> Any:
         logits, aux, features = real_forward(self, inputs, cached)
         if (
             self.label == "transfer" and not cached
@@ -135,7 +137,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
             logits = logits * float("nan")
         return logits, aux, features
 
-    monkeypatch.setattr(vision_training.Trainer, "_forward", poisoned)
+    monkeypatch.setattr(vision_epochs.EpochLoop, "_forward", poisoned)
     with pytest.raises(
         NumericalError,
         match=r"transfer stage finetune: the loss became nan in epoch 4, batch 1.*"
@@ -156,22 +158,22 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
 
 
 def test_an_exploding_parameter_is_named() -> None:
-    from rltransfer.errors import NumericalError
-    from rltransfer.vision.models import SmallCNN
+    from rltransfer.core.errors import NumericalError
+    from rltransfer.vision.models import SmallConvNet
 
-    model = SmallCNN(1, 3)
+    model = SmallConvNet(1, 3)
     with torch.no_grad():
         model.fc.weight[0, 0] = float("inf")
     with pytest.raises(
         NumericalError, match=r"parameter fc.weight became NaN or infinite.*learning rate \(0.5\)"
     ):
-        vision_training.check_finite(model, "transfer stage head, epoch 2", 0.5)
+        vision_stages.check_finite(model, "transfer stage head, epoch 2", 0.5)
 
 
 def test_torn_model_files_are_detected_with_a_clear_error(tmp_path: Path, uninterrupted: Path) -> None:
     import shutil
 
-    from rltransfer.errors import TransferError
+    from rltransfer.core.errors import TransferError
     from rltransfer.vision.models import load_classifier
 
     model = tmp_path / "model"

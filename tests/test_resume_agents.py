@@ -15,12 +15,14 @@ import pytest
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from rltransfer import interrupt
-from rltransfer.checkpoints import load_agent_checkpoint, read_agent_checkpoint, save_agent_checkpoint
-from rltransfer.config import ConfigError, TrainConfig, parse_config
-from rltransfer.errors import NumericalError
-from rltransfer.interrupt import Interrupted
-from rltransfer.training import train
+from rltransfer.rl import callbacks
+from rltransfer.rl.checkpoints import load_agent_checkpoint, read_agent_checkpoint, save_agent_checkpoint
+from rltransfer.core.errors import ConfigError
+from rltransfer.rl.config import TrainConfig
+from rltransfer.core.config import parse_config
+from rltransfer.core.errors import NumericalError
+from rltransfer.core.interrupt import Interrupted
+from rltransfer.rl.training import train
 
 
 def state_file(run: Path) -> Path:
@@ -37,7 +39,7 @@ def stop_after(monkeypatch: pytest.MonkeyPatch, calls: int, signum: int = signal
         seen.append(1)
         return signum if len(seen) >= calls else None
 
-    monkeypatch.setattr(interrupt, "stop_requested", fake)
+    monkeypatch.setattr(callbacks, "stop_requested", fake)
 
 
 def eval_steps(run: Path) -> list[int]:
@@ -84,8 +86,8 @@ def test_checkpoint_round_trip_for_every_algorithm(
     tmp_path: Path, algo: str, env_id: str, hyperparams: dict
 ) -> None:
     from rltransfer.agents import build_agent
-    from rltransfer.config import AgentConfig
-    from rltransfer.environment import make_envs
+    from rltransfer.agents.config import AgentConfig
+    from rltransfer.rl.environment import make_envs
 
     config = parse_config(
         {
@@ -108,7 +110,7 @@ def test_checkpoint_round_trip_for_every_algorithm(
     assert fresh.num_timesteps == model.num_timesteps == 160
     for key, value in model.policy.state_dict().items():
         assert torch.equal(value, fresh.policy.state_dict()[key]), key
-    from rltransfer.checkpoints import _optimizers
+    from rltransfer.rl.checkpoints import _optimizers
 
     for name, optimizer in _optimizers(model).items():
         assert str(optimizer.state_dict()) == str(_optimizers(fresh)[name].state_dict()), name
@@ -122,7 +124,7 @@ def test_checkpoint_round_trip_for_every_algorithm(
 def test_transfer_with_frozen_layers_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_train: dict, tiny_transfer: dict
 ) -> None:
-    from rltransfer.transfers import transfer
+    from rltransfer.rl.transfer import transfer
 
     source = train(tiny_train, progress_bar=False)
     tiny_transfer.update(source=str(source.run_dir), freeze=["mlp_extractor.policy_net.0"])
@@ -173,9 +175,9 @@ def test_nan_parameter_stops_training_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, tiny_train: dict
 ) -> None:
     from rltransfer.agents import build_agent
-    from rltransfer.environment import make_envs
-    from rltransfer.io import prepare_run_dir
-    from rltransfer.training import run_training
+    from rltransfer.rl.environment import make_envs
+    from rltransfer.core.io import prepare_run_dir
+    from rltransfer.rl.training import run_training
 
     config = parse_config(tiny_train, TrainConfig)
     train_env, eval_env = make_envs(config.env, 0)
@@ -194,7 +196,7 @@ def test_nan_parameter_stops_training_and_keeps_the_last_good_checkpoint(
 
 WRITER = """
 import sys, time
-from rltransfer.io import atomic_path
+from rltransfer.core.io import atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     with open(tmp, "w") as handle:
         handle.write('{"half": ')
@@ -253,10 +255,10 @@ def test_sigkilled_training_resumes_from_its_last_evaluation_checkpoint(tmp_path
 def test_a_crash_in_the_middle_of_a_checkpoint_leaves_the_previous_one_whole(
     tmp_path: Path, monkeypatch
 ) -> None:
-    from rltransfer import checkpoints
+    from rltransfer.rl import checkpoints
     from rltransfer.agents import build_agent
-    from rltransfer.config import AgentConfig
-    from rltransfer.environment import make_envs
+    from rltransfer.agents.config import AgentConfig
+    from rltransfer.rl.environment import make_envs
 
     agent = AgentConfig(
         algo="dqn", hyperparams={"learning_starts": 20, "buffer_size": 200}, policy={"hidden": [8]}

@@ -9,9 +9,10 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import rltransfer.training
-from rltransfer.config import StudyConfig, parse_config
-from rltransfer.errors import ConfigError, TransferError
+import rltransfer.study.execute
+from rltransfer.study.config import StudyConfig
+from rltransfer.core.config import parse_config
+from rltransfer.core.errors import ConfigError, TransferError
 from rltransfer.study import run_study
 
 SOURCE = {
@@ -88,21 +89,21 @@ def test_resume_skips_finished_runs(study, capsys) -> None:
 
 
 def test_a_failing_run_is_reported_without_losing_the_others(study, monkeypatch, capsys) -> None:
-    real_train = rltransfer.training.train
+    real_train = rltransfer.study.execute.train
 
     def train(config, **kwargs):
         if config.seed == 1 and "scratch" in config.log_root:
             raise RuntimeError("simulated crash")
         return real_train(config, **kwargs)
 
-    monkeypatch.setattr(rltransfer.training, "train", train)
+    monkeypatch.setattr(rltransfer.study.execute, "train", train)
     report = run_study(study, workers=1)
     assert report.failed == {"short/scratch/seed1": "RuntimeError: simulated crash"}
     assert len(report.metrics["short"]["finetune"].per_seed) == 1  # seed 0 still paired and measured
     error = json.loads((report.study_dir / "runs/short/scratch/seed1/error.json").read_text())
     assert "simulated crash" in error["traceback"]
     assert "short/scratch/seed1" in report.report_md.read_text()
-    monkeypatch.setattr(rltransfer.training, "train", real_train)
+    monkeypatch.setattr(rltransfer.study.execute, "train", real_train)
     capsys.readouterr()
     assert run_study(study, workers=1).failed == {}
     assert "Resuming: 5 of 6" in capsys.readouterr().out

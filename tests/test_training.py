@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 import rltransfer
-import rltransfer.callbacks
+import rltransfer.rl.callbacks
 
 
 def test_run_directory_and_evaluation_curve(tiny_train) -> None:
@@ -43,13 +43,13 @@ def test_run_directory_and_evaluation_curve(tiny_train) -> None:
 
 def test_early_stopping_keeps_the_best_model(tiny_train, monkeypatch) -> None:
     saved: dict[int, dict[str, torch.Tensor]] = {}
-    real_save = rltransfer.callbacks.save_model
+    real_save = rltransfer.rl.callbacks.save_model
 
     def spy(model, path):
         saved[model.num_timesteps] = {k: v.clone() for k, v in model.policy.state_dict().items()}
         return real_save(model, path)
 
-    monkeypatch.setattr(rltransfer.callbacks, "save_model", spy)
+    monkeypatch.setattr(rltransfer.rl.callbacks, "save_model", spy)
     tiny_train.update(budget=20_000)
     tiny_train["eval"].update(every=256, patience=2, min_evals=1)
     result = rltransfer.train(tiny_train, progress_bar=False)

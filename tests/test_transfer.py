@@ -12,9 +12,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import rltransfer
 from rltransfer.agents import build_agent
-from rltransfer.config import AgentConfig
-from rltransfer.sb3 import freeze_agent, layer_copies
-from rltransfer.transfers import load_source, map_weights
+from rltransfer.agents.config import AgentConfig
+from rltransfer.agents.freezing import freeze_agent, layer_copies
+from rltransfer.rl.mapping import map_weights
+from rltransfer.rl.sources import load_source
 
 
 def plain_sb3_source(tmp_path, env_id: str = "CartPole-v1") -> tuple[str, dict[str, torch.Tensor]]:
@@ -131,7 +132,7 @@ def test_frozen_parts_stay_in_eval_mode_through_sb3_training_mode() -> None:
 
 
 def test_sources_that_cannot_be_used(tmp_path, tiny_transfer) -> None:
-    from rltransfer.errors import TransferError
+    from rltransfer.core.errors import TransferError
 
     with pytest.raises(TransferError, match="does not exist"):
         load_source(tmp_path / "missing.zip")
@@ -198,7 +199,7 @@ def test_two_phase_finetuning_unfreezes_after_the_given_step(tmp_path, tiny_tran
 def test_plain_a2c_zip_keeps_its_algorithm_and_activation(tmp_path) -> None:
     from stable_baselines3 import A2C
 
-    from rltransfer.transfers import source_agent_config
+    from rltransfer.rl.sources import source_agent_config
 
     A2C(
         "MlpPolicy",
@@ -211,7 +212,7 @@ def test_plain_a2c_zip_keeps_its_algorithm_and_activation(tmp_path) -> None:
 
 
 def test_freezing_the_whole_critic_of_sac_names_the_critic() -> None:
-    from rltransfer.errors import ConfigError
+    from rltransfer.core.errors import ConfigError
 
     sac = SAC("MlpPolicy", "Pendulum-v1", seed=0, device="cpu", buffer_size=100)
     with pytest.raises(ConfigError, match="Every parameter of the critic is frozen"):
@@ -221,7 +222,7 @@ def test_freezing_the_whole_critic_of_sac_names_the_critic() -> None:
 def test_written_files_have_the_usual_permissions(tmp_path) -> None:
     import os
 
-    from rltransfer.io import write_json
+    from rltransfer.core.io import write_json
 
     write_json(tmp_path / "x.json", {"a": 1})
     umask = os.umask(0)
@@ -245,7 +246,7 @@ def test_planted_payloads_in_an_agent_file_never_run(tmp_path) -> None:
     import pickle
     import zipfile
 
-    from rltransfer.errors import TransferError
+    from rltransfer.core.errors import TransferError
 
     path, _ = plain_sb3_source(tmp_path)
     marker_data, marker_weights = tmp_path / "ran-from-data", tmp_path / "ran-from-weights"

@@ -11,8 +11,8 @@ pytest.importorskip("torchvision", reason="the vision extra is part of the test 
 
 from PIL import Image  # noqa: E402
 
-from rltransfer.config import parse_config  # noqa: E402
-from rltransfer.errors import ConfigError  # noqa: E402
+from rltransfer.core.config import parse_config  # noqa: E402
+from rltransfer.core.errors import ConfigError  # noqa: E402
 from rltransfer.vision.config import DataConfig, ImageConfig  # noqa: E402
 from rltransfer.vision.data import DataError, load_task, scan_folder, stratified_split  # noqa: E402
 from rltransfer.vision.pipeline import run_image  # noqa: E402

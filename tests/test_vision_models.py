@@ -11,8 +11,9 @@ from torch import nn
 
 pytest.importorskip("torchvision", reason="the vision extra is part of the test install (see README)")
 
-from rltransfer import count_parameters, frozen_layers  # noqa: E402
-from rltransfer.errors import ConfigError, TransferError  # noqa: E402
+from rltransfer import frozen_layers  # noqa: E402
+from rltransfer.core.layers import count_parameters  # noqa: E402
+from rltransfer.core.errors import ConfigError, TransferError  # noqa: E402
 from rltransfer.vision.config import StageConfig, TrainingConfig  # noqa: E402
 from rltransfer.vision.models import (  # noqa: E402
     TESTED_ARCHITECTURES,
@@ -22,7 +23,7 @@ from rltransfer.vision.models import (  # noqa: E402
     build_classifier,
     set_classes,
 )
-from rltransfer.vision.training import build_stage_optimizer, configure_stage  # noqa: E402
+from rltransfer.vision.trainer import build_stage_optimizer, configure_stage  # noqa: E402
 
 # the smallest inputs that exercise every path (auxiliary heads included) quickly on a CPU
 SIZES = {"inception_v3": 299, "vit_b_16": 224}

@@ -22,7 +22,7 @@ from rltransfer.vision.config import DataConfig, ImageConfig, StageConfig, Train
 from rltransfer.vision.data import load_task, preprocessing_for  # noqa: E402
 from rltransfer.vision.models import ModelSpec, build_classifier  # noqa: E402
 from rltransfer.vision.pipeline import run_image  # noqa: E402
-from rltransfer.vision.training import Trainer  # noqa: E402
+from rltransfer.vision.trainer import Trainer  # noqa: E402
 
 DIGITS = {"digits": {"classes": [5, 6, 7], "per_class": 10}, "batch_size": 8}
 
@@ -129,16 +129,16 @@ def test_early_stopping_restores_the_best_epoch(monkeypatch: pytest.MonkeyPatch)
     model, spec = small_model()
     trainer = trainer_for(model, spec, FeatureCache(), cache_mode="off")
     scores = iter([(1.0, 0.4), (0.9, 0.8), (0.8, 0.6), (1.0, 0.8), (0.6, 0.7)])  # (loss, accuracy) per epoch
-    monkeypatch.setattr(trainer, "evaluate", lambda loader, cached=False: next(scores))
+    monkeypatch.setattr(trainer.loop, "evaluate", lambda loader, cached=False: next(scores))
     snapshots = []
-    real_epoch = trainer._train_epoch
+    real_epoch = trainer.loop.train_epoch
 
     def epoch_then_snapshot(*args: object) -> tuple[float, float]:
         out = real_epoch(*args)
         snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
         return out
 
-    monkeypatch.setattr(trainer, "_train_epoch", epoch_then_snapshot)
+    monkeypatch.setattr(trainer.loop, "train_epoch", epoch_then_snapshot)
     result = trainer.run_stage(
         StageConfig(name="all", train=["*"], epochs=10, patience=2, lr=0.01), task.train, task.val
     )
@@ -149,7 +149,7 @@ def test_early_stopping_restores_the_best_epoch(monkeypatch: pytest.MonkeyPatch)
 
 
 def tiny_digits_config(tmp_path: Path, **extra: object) -> ImageConfig:
-    from rltransfer.config import load_config, resolve_config_path
+    from rltransfer.core.config import load_config, resolve_config_path
 
     overrides = {
         "log_root": str(tmp_path / "runs"),
@@ -292,7 +292,7 @@ def test_cli_image_and_predict(tmp_path: Path) -> None:
 
 
 def test_folder_config_with_resnet18_runs_on_an_image_folder(tmp_path: Path) -> None:
-    from rltransfer.config import load_config, resolve_config_path
+    from rltransfer.core.config import load_config, resolve_config_path
 
     rng = np.random.default_rng(0)
     for split, count in (("train", 10), ("test", 3)):
@@ -337,7 +337,7 @@ class TinyNet(torch.nn.Module):
 
 
 def test_a_users_own_module_transfers_and_reloads(tmp_path: Path) -> None:
-    from rltransfer.errors import TransferError
+    from rltransfer.core.errors import TransferError
     from rltransfer.vision.models import load_classifier
     from rltransfer.vision.pipeline import predict
 
@@ -367,7 +367,7 @@ def test_a_users_own_module_transfers_and_reloads(tmp_path: Path) -> None:
     with pytest.raises(TransferError, match="trained from your own module TinyNet"):
         load_classifier(tmp_path / "runs/own")
     # an interrupted run of a user module resumes only with that module
-    from rltransfer.errors import ConfigError
+    from rltransfer.core.errors import ConfigError
     from rltransfer.vision.pipeline import CHECKPOINT_FILE
 
     torch.save(
@@ -388,7 +388,7 @@ def test_a_users_own_module_transfers_and_reloads(tmp_path: Path) -> None:
 
 
 def test_center_loss_pulls_features_to_their_class_centers() -> None:
-    from rltransfer.vision.training import CenterLoss
+    from rltransfer.vision.stages import CenterLoss
 
     torch.manual_seed(0)
     features = torch.randn(60, 4) + torch.repeat_interleave(torch.eye(3, 4) * 5, 20, dim=0)
@@ -423,7 +423,7 @@ def test_disk_cache_hits_and_misses_give_the_same_model(tmp_path: Path) -> None:
 
 
 def test_image_config_mistakes_are_caught_before_anything_runs(tmp_path: Path) -> None:
-    from rltransfer.errors import ConfigError
+    from rltransfer.core.errors import ConfigError
     from rltransfer.vision.data import DataError
 
     with pytest.raises(

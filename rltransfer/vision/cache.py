@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from rltransfer.io import atomic_path
+from rltransfer.core.io import atomic_path
 from rltransfer.vision.data import ImageSet, Preprocessing
 
 CACHE_VERSION = "1"

@@ -6,12 +6,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rltransfer.config import OptimizerName, RunConfig, _Section
+from rltransfer.core.config import NAME_PATTERN, Section, check_device
+from rltransfer.core.optim import OptimizerName
 
-_NAME = r"^[A-Za-z0-9_.-]+$"
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """The network: an architecture, optional starting weights, dropout before the new head."""
 
     arch: str = "small_cnn"
@@ -26,7 +26,7 @@ class ModelConfig(_Section):
     ``update_stats`` lets running statistics follow the new data while the affine parameters stay frozen."""
 
 
-class AugmentConfig(_Section):
+class AugmentConfig(Section):
     """Random training-time changes to the images (torchvision transforms); validation and test are never augmented."""
 
     crop_scale: tuple[float, float] | None = None
@@ -60,7 +60,7 @@ class AugmentConfig(_Section):
         )
 
 
-class DigitsData(_Section):
+class DigitsData(Section):
     """scikit-learn's 8x8 handwritten digits (ships inside scikit-learn: no download)."""
 
     classes: list[int] = Field(..., min_length=2)
@@ -79,7 +79,7 @@ class DigitsData(_Section):
         return value
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """A data set: an image folder (one subfolder per class) or the built-in digits, and its preprocessing."""
 
     folder: str | None = None
@@ -114,10 +114,10 @@ class DataConfig(_Section):
         return self
 
 
-class StageConfig(_Section):
+class StageConfig(Section):
     """One training stage: which layers train, for how long, at which learning rates."""
 
-    name: str = Field(..., pattern=_NAME)
+    name: str = Field(..., pattern=NAME_PATTERN)
     train: list[str] = Field(default_factory=lambda: ["head"])
     """Layers that train (names, globs, ``up_to:NAME``; ``head`` is the new head, ``*`` everything); the rest
     is frozen."""
@@ -134,7 +134,7 @@ class StageConfig(_Section):
     """Early-stopping score; the best epoch's weights are restored when the stage ends."""
 
 
-class TrainingConfig(_Section):
+class TrainingConfig(Section):
     """Optimizer and loss settings shared by every stage."""
 
     optimizer: OptimizerName = "adamw"
@@ -151,7 +151,7 @@ class TrainingConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
 
 
-class SourceStageConfig(_Section):
+class SourceStageConfig(Section):
     """Optional stage (a): train the network on a source data set before transferring it."""
 
     data: DataConfig
@@ -160,7 +160,7 @@ class SourceStageConfig(_Section):
     )
 
 
-class BaselineConfig(_Section):
+class BaselineConfig(Section):
     """The control: the same architecture trained from random weights on the same labels."""
 
     enabled: bool = True
@@ -170,11 +170,11 @@ class BaselineConfig(_Section):
     )
 
 
-class ImageConfig(_Section):
+class ImageConfig(Section):
     """``rltransfer image``: (a) optionally train a source network, (b) transfer it to the target data in stages,
     then compare with a network trained from scratch on the same labels."""
 
-    name: str = Field(..., min_length=1, pattern=_NAME)
+    name: str = Field(..., min_length=1, pattern=NAME_PATTERN)
     seed: int = Field(0, ge=0)
     device: str = "auto"
     log_root: str = "runs"
@@ -201,7 +201,7 @@ class ImageConfig(_Section):
     cache_dir: str = ".rltransfer-cache"
     """Folder of the disk cache (files are keyed by trunk weights, preprocessing and data)."""
 
-    _known_device = field_validator("device")(RunConfig._check_device)
+    _known_device = field_validator("device")(check_device)
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> ImageConfig:

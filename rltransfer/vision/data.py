@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rltransfer.errors import ConfigError
+from rltransfer.core.errors import ConfigError
 from rltransfer.vision.config import AugmentConfig, DataConfig
 from rltransfer.vision.models import MIN_INPUT, SMALL_CNN, require_torchvision
 

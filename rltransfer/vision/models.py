@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rltransfer.errors import ConfigError, TransferError, did_you_mean, short_list
-from rltransfer.heads import find_head, replace_head
+from rltransfer.core.errors import ConfigError, TransferError, did_you_mean, short_list
+from rltransfer.core.heads import find_head, replace_head
 
 SMALL_CNN = "small_cnn"
 CUSTOM = "custom:"  # spec.arch prefix of a model trained from the user's own nn.Module
@@ -52,7 +52,7 @@ def require_torchvision() -> Any:
     return torchvision
 
 
-class SmallCNN(nn.Module):
+class SmallConvNet(nn.Module):
     """A three-block CNN for small images (the offline digits demo): ``features`` -> ``pool`` -> ``fc``."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32) -> None:
@@ -104,7 +104,7 @@ def list_architectures() -> list[str]:
 def build_architecture(arch: str, in_channels: int = 3) -> nn.Module:
     """A randomly initialised network of the named architecture with its original head (1000 ImageNet classes)."""
     if arch == SMALL_CNN:
-        return SmallCNN(in_channels=in_channels)
+        return SmallConvNet(in_channels=in_channels)
     torchvision = require_torchvision()
     names = torchvision.models.list_models(module=torchvision.models)
     if arch not in names:

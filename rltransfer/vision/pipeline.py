@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from rltransfer.config import dump_config, load_config, parse_config, resolve_config_path
-from rltransfer.environment import resolve_device
-from rltransfer.errors import ConfigError
-from rltransfer.interrupt import Interrupted, stop_on_signals
-from rltransfer.io import atomic_path, prepare_run_dir, versions, write_json, write_text
+from rltransfer.core.config import dump_config, load_config, parse_config, resolve_config_path
+from rltransfer.core.device import resolve_device
+from rltransfer.core.errors import ConfigError
+from rltransfer.core.interrupt import Interrupted, stop_on_signals
+from rltransfer.core.io import atomic_path, prepare_run_dir, versions, write_json, write_text
 from rltransfer.vision.cache import FeatureCache
 from rltransfer.vision.config import DataConfig, ImageConfig, StageConfig
 from rltransfer.vision.data import DataError, Preprocessing, TaskData, build_transform, load_task, open_image
@@ -33,7 +33,8 @@ from rltransfer.vision.models import (
     load_classifier,
     spec_dict,
 )
-from rltransfer.vision.training import StageResult, StopForSignal, Trainer, check_stages
+from rltransfer.vision.stages import StageResult, check_stages
+from rltransfer.vision.trainer import StopForSignal, Trainer
 
 
 @dataclass

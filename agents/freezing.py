@@ -6,14 +6,16 @@ import contextlib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from torch import nn
 
-from rltransfer.errors import ConfigError
-from rltransfer.layers import freeze_modules, layer_names, select_layers, unfreeze_modules
-from rltransfer.optim import build_optimizer, l1_strength, trainable_parameters
+from rltransfer.core.errors import ConfigError
+from rltransfer.core.layers import freeze_modules, layer_names, select_layers, unfreeze_modules
+from rltransfer.core.io import atomic_path
+from rltransfer.core.optim import build_optimizer, l1_strength, trainable_parameters
 
 # (prefix of a layer, prefix of another copy of it that must be frozen with it)
 COPIES: tuple[tuple[str, str], ...] = (
@@ -52,7 +54,7 @@ class _OptimizerSlot:
         ]
 
 
-def _optimizer_slots(model: BaseAlgorithm) -> list[_OptimizerSlot]:
+def optimizer_slots(model: BaseAlgorithm) -> list[_OptimizerSlot]:
     """Where SB3 keeps each optimizer of this agent and which module it trains."""
     policy = model.policy
     if hasattr(policy, "actor") and hasattr(policy, "critic") and hasattr(policy.critic, "optimizer"):
@@ -78,7 +80,7 @@ def rebuild_optimizers(model: BaseAlgorithm, l1: float | None = None, keep_state
     """
     policy = model.policy
     lr = model.lr_schedule(model._current_progress_remaining)
-    for slot in _optimizer_slots(model):
+    for slot in optimizer_slots(model):
         old = getattr(slot.owner, slot.attribute)
         strength = l1_strength(old) if l1 is None else l1
         trainable = trainable_parameters(slot.parameters())
@@ -148,7 +150,7 @@ def loadable_optimizers(model: BaseAlgorithm) -> Iterator[None]:
     not match. The state of the trainable parameters is kept; frozen ones have none.
     """
     swapped = []
-    for slot in _optimizer_slots(model):
+    for slot in optimizer_slots(model):
         current = getattr(slot.owner, slot.attribute)
         params = slot.parameters()
         if len(params) == sum(len(group["params"]) for group in current.param_groups):
@@ -213,3 +215,11 @@ def unfreeze_agent(model: BaseAlgorithm, names: Iterable[str]) -> None:
     them, keeping the optimizer state of the layers that were already training."""
     unfreeze_modules(model.policy, names)
     rebuild_optimizers(model, keep_state=True)
+
+
+def save_model(model: BaseAlgorithm, path: str | Path) -> Path:
+    """Save an SB3 agent atomically, in a form plain SB3 can load back (frozen layers included)."""
+    path = Path(path)
+    with atomic_path(path, suffix=".zip") as tmp, loadable_optimizers(model):
+        model.save(tmp)
+    return path

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rltransfer.errors import LayerSelectionError, did_you_mean, short_list
+from rltransfer.core.errors import LayerSelectionError, did_you_mean, short_list
 
 UP_TO = "up_to:"
 _PINNED = "_rltransfer_pinned_eval"
@@ -217,11 +217,11 @@ def unfreeze_modules(model: nn.Module, names: Iterable[str]) -> None:
     """Unfreeze modules given by exact name ("" is the whole model), no pattern matching."""
     for name in names:
         module = model.get_submodule(name) if name else model
-        _split_pinned_ancestors(model, name)
+        split_pinned_ancestors(model, name)
         for param in module.parameters():
             param.requires_grad_(True)
         for sub in module.modules():
-            _unpin_eval(sub)
+            unpin_eval(sub)
         nn.Module.train(module, model.training)
 
 
@@ -273,7 +273,8 @@ def _pin_eval(module: nn.Module) -> None:
     object.__setattr__(module, _PINNED, True)
 
 
-def _unpin_eval(module: nn.Module) -> None:
+def unpin_eval(module: nn.Module) -> None:
+    """Let a pinned module follow train()/eval() again."""
     if not getattr(module, _PINNED, False):
         return
     module.__dict__.pop("train", None)
@@ -283,7 +284,7 @@ def _unpin_eval(module: nn.Module) -> None:
     object.__setattr__(module, _PINNED, False)
 
 
-def _split_pinned_ancestors(model: nn.Module, name: str) -> None:
+def split_pinned_ancestors(model: nn.Module, name: str) -> None:
     """Unpin the frozen ancestors of `name`, keeping their other children pinned (they stay frozen)."""
     if not name:
         return
@@ -296,7 +297,7 @@ def _split_pinned_ancestors(model: nn.Module, name: str) -> None:
         splitting = splitting or getattr(ancestor, _PINNED, False)
         if not splitting:
             continue
-        _unpin_eval(ancestor)
+        unpin_eval(ancestor)
         for child_name, child in ancestor.named_children():
             full = f"{ancestor_name}.{child_name}"
             if name != full and not name.startswith(full + "."):

@@ -1,14 +1,16 @@
-"""Optimizers over trainable parameters only, an L1 penalty, and learning-rate schedules."""
+"""Optimizers over trainable parameters only, and an L1 penalty."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from rltransfer.errors import ConfigError, did_you_mean
+from rltransfer.core.errors import ConfigError, did_you_mean
+
+OptimizerName = Literal["adam", "adamw", "rmsprop", "adagrad", "sgd"]
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -91,17 +93,3 @@ def l1_strength(optimizer: torch.optim.Optimizer) -> float:
         if isinstance(hook, L1Penalty):
             return hook.strength
     return 0.0
-
-
-def constant_schedule(value: float) -> Callable[[float], float]:
-    """SB3 schedule returning `value` throughout (a picklable SB3 class, so saved agents load without rltransfer)."""
-    from stable_baselines3.common.utils import FloatSchedule
-
-    return FloatSchedule(value)
-
-
-def linear_schedule(start: float, end: float = 0.0) -> Callable[[float], float]:
-    """SB3 schedule decaying linearly from `start` to `end` over training."""
-    from stable_baselines3.common.utils import LinearSchedule
-
-    return LinearSchedule(start, end, 1.0)

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from rltransfer.errors import RLTransferError
+from rltransfer.core.errors import RLTransferError
 
 _requested: list[int] = []
 _depth: list[int] = [0]  # nested stop_on_signals blocks share one request (a study running a training)

@@ -1,16 +1,17 @@
 """Train an SB3 agent from a config: evaluation, early stopping, best model kept, TensorBoard, a run directory.
 
-A run directory ``<log_root>/<name>/`` holds ``config.yaml`` (resolved), ``run.json`` (what happened, versions,
-the command), ``best_model.zip`` (the run's result: best by evaluation), ``last_model.zip`` (where training ended),
-``evaluations.json`` (the evaluation curve), ``progress.csv`` and the TensorBoard events.
+What the run directory holds is described in :mod:`rltransfer.rl.record`. Checkpoints (``checkpoint/``) are
+written after every evaluation; Ctrl-C or SIGTERM writes one and raises :class:`Interrupted`, and ``resume``
+continues from it. A NaN or infinite parameter stops the run with a :class:`NumericalError`, keeping the last
+good checkpoint.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,22 +21,28 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecEnv, VecTransposeImage, is_vecenv_wrapped
 
-from rltransfer.callbacks import (
+from rltransfer.agents.algorithms import ALGORITHMS
+from rltransfer.agents.builder import build_agent
+from rltransfer.agents.freezing import save_model, unfreeze_agent
+from rltransfer.core.config import coerce_config, dump_config, load_config
+from rltransfer.core.device import resolve_device
+from rltransfer.core.errors import ConfigError, NumericalError, RLTransferError
+from rltransfer.core.interrupt import Interrupted, stop_on_signals
+from rltransfer.core.io import prepare_run_dir, versions, write_text
+from rltransfer.core.layers import count_parameters
+from rltransfer.rl.callbacks import (
     Checkpointing,
     EvaluateAndKeepBest,
     NumericalStop,
     RunInfo,
     UnfreezeAt,
-    _finite,
     flat_hparams,
+    nonfinite_parameter,
 )
-from rltransfer.checkpoints import CHECKPOINT_DIR, load_agent_checkpoint, read_agent_checkpoint
-from rltransfer.config import RunConfig, TrainConfig, dump_config, load_config, parse_config
-from rltransfer.environment import make_envs, reward_threshold
-from rltransfer.errors import ConfigError, NumericalError, RLTransferError
-from rltransfer.interrupt import Interrupted, stop_on_signals
-from rltransfer.io import prepare_run_dir, save_model, versions, write_json, write_text
-from rltransfer.layers import count_parameters
+from rltransfer.rl.checkpoints import load_agent_checkpoint, read_agent_checkpoint
+from rltransfer.rl.config import RunConfig, TrainConfig
+from rltransfer.rl.environment import make_envs, reward_threshold
+from rltransfer.rl.record import RunRecord
 
 
 @dataclass
@@ -55,8 +62,6 @@ class RunResult:
 
     def load_best(self, device: str = "auto") -> BaseAlgorithm:
         """Load the best model with plain SB3."""
-        from rltransfer.agents import ALGORITHMS
-
         return ALGORITHMS[self.algo].sb3_cls.load(self.best_model, device=device)
 
     def summary(self) -> str:
@@ -65,17 +70,6 @@ class RunResult:
             f"{self.run_dir}: best evaluation return {self.best_mean_return:.1f}{best_at} after "
             f"{self.timesteps:,} steps in {self.seconds:.0f} s ({self.stop_reason}); best model: {self.best_model}"
         )
-
-
-def coerce_config(config: RunConfig | str | Path | dict[str, Any], model: type[RunConfig]) -> RunConfig:
-    """Accept a config object, a YAML path or a mapping."""
-    if isinstance(config, model):
-        return config
-    if isinstance(config, dict):
-        return parse_config(config, model)
-    if isinstance(config, (str, Path)):
-        return load_config(config, model)
-    raise TypeError(f"expected a {model.__name__}, a YAML path or a mapping, got {type(config).__name__}")
 
 
 def threshold_of(config: RunConfig) -> float | None:
@@ -93,13 +87,9 @@ def train(
 ) -> RunResult:
     """Train a source agent from scratch as the config says and return the run's result. ``resume`` continues
     an interrupted run from its directory (with the config saved there)."""
-    from rltransfer.agents import build_agent
-    from rltransfer.environment import resolve_device
-
     if resume is not None:
         config = resume_config(resume, TrainConfig)
     config = coerce_config(config, TrainConfig)
-    assert isinstance(config, TrainConfig)
     train_env, eval_env = make_envs(config.env, config.seed)
     model = build_agent(config.agent, train_env, seed=config.seed, device=resolve_device(config.device))
     run_dir = Path(resume) if resume is not None else prepare_run_dir(config.log_root, config.name)
@@ -110,25 +100,8 @@ def train(
 
 def resume_config(run_dir: str | Path, model: type[RunConfig]) -> RunConfig:
     """The config saved in an interrupted run's directory, checked to be of the kind being resumed."""
-    run_dir = Path(run_dir)
-    kind = "train" if model is TrainConfig else "transfer"
-    try:
-        record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    except OSError:
-        raise ConfigError(
-            f"{run_dir} is not an rltransfer run directory (no run.json). Give the run's folder."
-        ) from None
-    except ValueError as error:
-        raise ConfigError(f"{run_dir / 'run.json'} is truncated or damaged ({error}).") from None
-    if not isinstance(record, dict):
-        raise ConfigError(f"{run_dir / 'run.json'} is damaged (not a JSON object).")
-    if record.get("kind") != kind:
-        raise ConfigError(
-            f"{run_dir} is a `{record.get('kind')}` run; resume it with `rltransfer {record.get('kind')} --resume`."
-        )
-    if record.get("status") == "finished":
-        raise ConfigError(f"{run_dir} already finished; there is nothing to resume.")
-    return load_config(run_dir / "config.yaml", model)
+    record = RunRecord.resumable(run_dir, "train" if model is TrainConfig else "transfer")
+    return load_config(record.config_path, model)
 
 
 def run_training(
@@ -143,18 +116,50 @@ def run_training(
     texts: dict[str, str] | None = None,
     callbacks: list[BaseCallback] | None = None,
     resume: bool = False,
+    on_finish: Callable[[], dict[str, Any]] | None = None,
 ) -> RunResult:
     """Learn for the config's budget with evaluation, early stopping and logging; write the run's files.
 
-    Checkpoints (``checkpoint/``) are written after every evaluation; Ctrl-C or SIGTERM writes one and raises
-    :class:`Interrupted`; ``resume`` continues from the run directory's checkpoint. A NaN or infinite parameter
-    stops the run with a :class:`NumericalError`, keeping the last good checkpoint."""
+    ``run.json`` is written when the run starts and once more when it ends (finished, failed or interrupted);
+    ``on_finish`` adds the caller's own results to that last record."""
     checkpoint = read_agent_checkpoint(run_dir) if resume else None
     config_yaml = dump_config(config)
     if not resume:
         write_text(run_dir / "config.yaml", config_yaml)
+    record = _start_record(model, config, run_dir, kind, metadata, checkpoint)
+    _open_logger(model, run_dir, resumed=checkpoint is not None)
+    evaluation = _evaluation(model, config, run_dir, eval_env, kind)
+    extra = callbacks or []
+    checkpointing = Checkpointing(run_dir, evaluation, extra)
+    remaining = config.budget
+    if checkpoint is not None:
+        remaining = _resume_from(model, checkpoint, evaluation, extra, config, run_dir)
+    info = RunInfo(config_yaml, flat_hparams(config.model_dump(mode="json")), texts)
+    started = time.perf_counter()
+    _learn(
+        model,
+        remaining,
+        [info, *extra, evaluation, checkpointing],
+        checkpointing,
+        record,
+        progress_bar=progress_bar,
+        fresh=checkpoint is None,
+    )
+    _stop_if_unfinished(model, checkpointing, record, kind)
+    return _finish(model, record, evaluation, time.perf_counter() - started, on_finish)
+
+
+def _start_record(
+    model: BaseAlgorithm,
+    config: RunConfig,
+    run_dir: Path,
+    kind: str,
+    metadata: dict[str, Any] | None,
+    checkpoint: dict[str, Any] | None,
+) -> RunRecord:
     algo = getattr(getattr(config, "agent", None), "algo", None) or (metadata or {}).get("algo", "ppo")
-    record: dict[str, Any] = {
+    record = RunRecord(run_dir)
+    values: dict[str, Any] = {
         "kind": kind,
         "status": "running",
         "algo": algo,
@@ -166,22 +171,31 @@ def run_training(
         **(metadata or {}),
     }
     if checkpoint is not None:
-        record["resumed_from"] = checkpoint["num_timesteps"]
-    write_json(run_dir / "run.json", record)
+        values["resumed_from"] = checkpoint["num_timesteps"]
+    record.update(**values)
+    return record
 
-    if checkpoint is not None and (run_dir / "progress.csv").exists():
-        # SB3's CSV writer starts its file afresh: keep the part before the resume beside it
+
+def _open_logger(model: BaseAlgorithm, run_dir: Path, *, resumed: bool) -> None:
+    """SB3's logger to TensorBoard and CSV; on resume, the CSV written before is kept beside the new one (SB3's
+    CSV writer starts its file afresh)."""
+    if resumed and (run_dir / "progress.csv").exists():
         part = 1
         while (run_dir / f"progress.before-resume-{part}.csv").exists():
             part += 1
         (run_dir / "progress.csv").rename(run_dir / f"progress.before-resume-{part}.csv")
     model.set_logger(configure(str(run_dir), ["tensorboard", "csv"]))
+
+
+def _evaluation(
+    model: BaseAlgorithm, config: RunConfig, run_dir: Path, eval_env: VecEnv, kind: str
+) -> EvaluateAndKeepBest:
     n_envs = model.get_env().num_envs  # type: ignore[union-attr]
     # SB3 transposed channel-last training frames (Atari); evaluate on the same layout
     transposed = is_vecenv_wrapped(model.get_env(), VecTransposeImage)
     if transposed and not is_vecenv_wrapped(eval_env, VecTransposeImage):
         eval_env = VecTransposeImage(eval_env)
-    evaluation = EvaluateAndKeepBest(
+    return EvaluateAndKeepBest(
         eval_env,
         run_dir,
         every=max(1, config.eval.every // n_envs),
@@ -192,79 +206,128 @@ def run_training(
         threshold=threshold_of(config),
         initial_is_candidate=kind != "train",
     )
-    info = RunInfo(config_yaml, flat_hparams(config.model_dump(mode="json")), texts)
-    checkpointing = Checkpointing(run_dir, evaluation, callbacks or [])
-    remaining = config.budget
-    if checkpoint is not None:
-        try:
-            _restore(model, checkpoint, evaluation, callbacks or [])
-        except (KeyError, ValueError, RuntimeError) as error:
-            raise ConfigError(
-                f"The checkpoint in {run_dir / CHECKPOINT_DIR} does not fit the agent built from {run_dir / 'config.yaml'} "
-                f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); was the config edited? Start the run "
-                "again without --resume."
-            ) from None
-        remaining = max(1, config.budget - model.num_timesteps)
-    started = time.perf_counter()
+
+
+def _resume_from(
+    model: BaseAlgorithm,
+    checkpoint: dict[str, Any],
+    evaluation: EvaluateAndKeepBest,
+    extra: list[BaseCallback],
+    config: RunConfig,
+    run_dir: Path,
+) -> int:
+    """Put the checkpoint into the freshly built agent; the steps left of the budget."""
+    try:
+        _restore(model, checkpoint, evaluation, extra)
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise ConfigError(
+            f"The checkpoint in {checkpoint['folder']} does not fit the agent built from {run_dir / 'config.yaml'} "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); was the config edited? Start the run "
+            "again without --resume."
+        ) from None
+    return max(1, config.budget - model.num_timesteps)
+
+
+def _restore(
+    model: BaseAlgorithm,
+    checkpoint: dict[str, Any],
+    evaluation: EvaluateAndKeepBest,
+    extra: list[BaseCallback],
+) -> None:
+    """A freshly built (and frozen) agent continues from the checkpoint; a second fine-tuning phase that had
+    begun is begun again first, so the optimizers have the same parameters as when they were saved."""
+    states = checkpoint["callbacks"]
+    for callback, unfrozen_at in zip(extra, states.get("unfrozen_at", []), strict=False):
+        if unfrozen_at is not None and isinstance(callback, UnfreezeAt):
+            unfreeze_agent(model, callback.names)
+            callback.unfrozen_at = unfrozen_at
+    load_agent_checkpoint(model, checkpoint)
+    evaluation.load_state(states["evaluation"])
+    print(f"Resuming at step {model.num_timesteps:,} of the run's budget.", flush=True)
+
+
+def _learn(
+    model: BaseAlgorithm,
+    steps: int,
+    callbacks: list[BaseCallback],
+    checkpointing: Checkpointing,
+    record: RunRecord,
+    *,
+    progress_bar: bool,
+    fresh: bool,
+) -> None:
+    """SB3's ``learn`` under the signal handlers. A failure is recorded (a parameter that became NaN is left to
+    :func:`_stop_if_unfinished`); a wrong hyperparameter type becomes a ConfigError."""
+    evaluation = checkpointing.evaluation
     try:
         with stop_on_signals():
             model.learn(
-                total_timesteps=remaining,
-                callback=[info, *(callbacks or []), evaluation, checkpointing],
-                progress_bar=progress_bar,
-                reset_num_timesteps=checkpoint is None,
+                total_timesteps=steps, callback=callbacks, progress_bar=progress_bar, reset_num_timesteps=fresh
             )
             if checkpointing.signal is not None:
                 checkpointing.save()
     except BaseException as error:
         interrupted = isinstance(error, KeyboardInterrupt)
-        brief = str(error).splitlines()[0][:300] if str(error) else ""
-        record.update(
-            status="interrupted" if interrupted else "failed", error=f"{type(error).__name__}: {brief}"
-        )
-        record.update(timesteps=int(model.num_timesteps))
-        write_json(run_dir / "run.json", record)
-        bad = _finite(model.policy)
+        bad = nonfinite_parameter(model.policy)
         if isinstance(error, NumericalStop) or (bad is not None and not interrupted):
             checkpointing.numerical = checkpointing.numerical or (
                 f"parameter {bad} became NaN or infinite by step {model.num_timesteps:,}"
             )
-        elif isinstance(error, (TypeError, ValueError)) and not isinstance(error, RLTransferError):
+            return
+        brief = str(error).splitlines()[0][:300] if str(error) else ""
+        record.update(
+            status="interrupted" if interrupted else "failed",
+            error=f"{type(error).__name__}: {brief}",
+            timesteps=int(model.num_timesteps),
+        )
+        if isinstance(error, (TypeError, ValueError)) and not isinstance(error, RLTransferError):
             raise ConfigError(
                 f"Training stopped at step {model.num_timesteps:,} with {type(error).__name__}: {brief}. This usually "
                 "comes from a setting of the wrong type or range in `agent.hyperparams`; check it in the config."
             ) from error
-        else:
-            raise
+        raise
     finally:
         model.get_env().close()  # type: ignore[union-attr]
-        eval_env.close()
+        evaluation.eval_env.close()
         model.logger.close()
+
+
+def _stop_if_unfinished(
+    model: BaseAlgorithm, checkpointing: Checkpointing, record: RunRecord, kind: str
+) -> None:
+    """Record and raise a numerical fault or a stop on a signal (both leave a checkpoint to resume from)."""
+    run_dir = record.run_dir
     if checkpointing.numerical is not None:
         lr = model.lr_schedule(model._current_progress_remaining)
         kept = (
-            f"the last good checkpoint (step {checkpointing.saved_at:,}) is in {run_dir / CHECKPOINT_DIR}"
+            f"the last good checkpoint (step {checkpointing.saved_at:,}) is in {record.checkpoint_dir}"
             if checkpointing.saved_at is not None
             else "no checkpoint was saved before it"
         )
         record.update(status="failed", error=checkpointing.numerical, timesteps=int(model.num_timesteps))
-        write_json(run_dir / "run.json", record)
         raise NumericalError(
             f"Training stopped: {checkpointing.numerical}. Likely causes: a learning rate too high for this agent "
             f"(now {lr:g}; lower `agent.optimizer.lr`) or rewards on a large scale (rescale them). The best model so "
-            f"far is {run_dir / 'best_model.zip'}; {kept}."
+            f"far is {record.best_model}; {kept}."
         )
     if checkpointing.signal is not None:
         record.update(status="interrupted", timesteps=int(model.num_timesteps), signal=checkpointing.signal)
-        write_json(run_dir / "run.json", record)
         raise Interrupted(checkpointing.signal, run_dir, kind, f" at step {model.num_timesteps:,}")
-    seconds = time.perf_counter() - started
-    last_model = save_model(model, run_dir / "last_model.zip")
+
+
+def _finish(
+    model: BaseAlgorithm,
+    record: RunRecord,
+    evaluation: EvaluateAndKeepBest,
+    seconds: float,
+    on_finish: Callable[[], dict[str, Any]] | None,
+) -> RunResult:
+    last_model = save_model(model, record.last_model)
     trainable, frozen = count_parameters(model.policy)
     result = RunResult(
-        run_dir=run_dir,
-        algo=algo,
-        best_model=run_dir / "best_model.zip",
+        run_dir=record.run_dir,
+        algo=record.get("algo"),
+        best_model=record.best_model,
         last_model=last_model,
         best_mean_return=float(evaluation.best_mean_reward),
         best_step=evaluation.save_best.best_step,
@@ -281,27 +344,7 @@ def run_training(
         stop_reason=result.stop_reason,
         seconds=round(seconds, 2),
         parameters={"trainable": trainable, "frozen": frozen},
+        **(on_finish() if on_finish is not None else {}),
     )
-    write_json(run_dir / "run.json", record)
-    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # finished: nothing left to resume
+    shutil.rmtree(record.checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
     return result
-
-
-def _restore(
-    model: BaseAlgorithm,
-    checkpoint: dict[str, Any],
-    evaluation: EvaluateAndKeepBest,
-    extra: list[BaseCallback],
-) -> None:
-    """A freshly built (and frozen) agent continues from the checkpoint; a second fine-tuning phase that had
-    begun is begun again first, so the optimizers have the same parameters as when they were saved."""
-    from rltransfer.sb3 import unfreeze_agent
-
-    states = checkpoint["callbacks"]
-    for callback, unfrozen_at in zip(extra, states.get("unfrozen_at", []), strict=False):
-        if unfrozen_at is not None and isinstance(callback, UnfreezeAt):
-            unfreeze_agent(model, callback.names)
-            callback.unfrozen_at = unfrozen_at
-    load_agent_checkpoint(model, checkpoint)
-    evaluation.load_state(states["evaluation"])
-    print(f"Resuming at step {model.num_timesteps:,} of the run's budget.", flush=True)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rltransfer.errors import LayerSelectionError, did_you_mean, short_list
+from rltransfer.core.errors import LayerSelectionError, did_you_mean, short_list
 
 # Where well-known models keep their output layer, tried in this order before the generic fallback
 # (the last nn.Linear in definition order). Containers resolve to the last Linear inside them.

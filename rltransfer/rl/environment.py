@@ -6,14 +6,13 @@ import importlib
 from typing import Any
 
 import gymnasium as gym
-import torch
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 import rltransfer.envs  # noqa: F401  (registers the families)
-from rltransfer.config import EnvConfig
+from rltransfer.rl.config import EnvConfig
 from rltransfer.envs.base import family_of
-from rltransfer.errors import ConfigError, did_you_mean
+from rltransfer.core.errors import ConfigError, did_you_mean
 
 EVAL_SEED_OFFSET = 10_000
 
@@ -78,14 +77,3 @@ def make_envs(env: EnvConfig, seed: int) -> tuple[VecEnv, VecEnv]:
 def reward_threshold(env_id: str) -> float | None:
     """The env's registered reward threshold, if any."""
     return check_env_id(env_id).reward_threshold
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``; explicit devices are checked."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"`device` is {device!r} but no CUDA GPU is visible here; use `device: auto` or `cpu`."
-        )
-    return device

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
+from torch.utils.tensorboard import SummaryWriter
 
-from rltransfer.io import atomic_path, versions, write_json, write_text
-from rltransfer.metrics import (
+from rltransfer.core.io import atomic_path, versions, write_json, write_text
+from rltransfer.study.plan import StudyPlan
+from rltransfer.study.metrics import (
     MIN_SEEDS,
     StrategyMetrics,
     Summary,
@@ -25,10 +29,6 @@ from rltransfer.metrics import (
     time_to_threshold,
     within_budget,
 )
-
-if TYPE_CHECKING:  # rltransfer.study imports this module
-    from rltransfer.study import StudyPlan
-
 
 @dataclass
 class StudyReport:
@@ -301,14 +301,10 @@ def mean_band(
     return steps, data.mean(axis=0), low, high
 
 
-def _figure(plan: StudyPlan, curves: dict[str, dict[str, dict[int, list]]]) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _figure(plan: StudyPlan, curves: dict[str, dict[str, dict[int, list]]]) -> Figure:
     targets = list(plan.thresholds)
-    figure, axes = plt.subplots(1, len(targets), figsize=(5.5 * len(targets), 4), squeeze=False)
+    figure = Figure(figsize=(5.5 * len(targets), 4))
+    axes = figure.subplots(1, len(targets), squeeze=False)
     for axis, target in zip(axes[0], targets, strict=True):
         for strategy in plan.strategies:
             runs = list(curves.get(target, {}).get(strategy, {}).values())
@@ -336,12 +332,8 @@ def _tensorboard(
     plan: StudyPlan, curves: dict[str, dict[str, dict[int, list]]], report: StudyReport, figure: Any
 ) -> None:
     """``summary/<target>/<strategy>``: mean curve over seeds (strategies overlay), metrics, hparams, the plot."""
-    from torch.utils.tensorboard import SummaryWriter
-
     root = plan.study_dir / "summary"
     if root.exists():
-        import shutil
-
         shutil.rmtree(root)  # rebuilt whole from the stored results on every report
     for target in plan.thresholds:
         for strategy in plan.strategies:

@@ -6,13 +6,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback, StopTrainingOnNoModelImprovement
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import HParam, TensorBoardOutputFormat
 from stable_baselines3.common.vec_env import VecEnv
 
-from rltransfer.io import save_model, write_json
-from rltransfer.layers import count_parameters
+from rltransfer.agents.freezing import save_model, unfreeze_agent
+from rltransfer.core.interrupt import stop_requested
+from rltransfer.core.io import write_json
+from rltransfer.core.layers import count_parameters
+from rltransfer.rl.checkpoints import save_agent_checkpoint
 
 
 class SaveBest(BaseCallback):
@@ -171,8 +175,6 @@ class UnfreezeAt(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         if self.unfrozen_at is None and self.num_timesteps >= self.step:
-            from rltransfer.sb3 import unfreeze_agent
-
             unfreeze_agent(self.model, self.names)
             self.unfrozen_at = self.num_timesteps
             self.logger.record("params/unfrozen_at", self.num_timesteps)
@@ -205,21 +207,17 @@ class Checkpointing(BaseCallback):
         }
 
     def save(self) -> None:
-        from rltransfer.checkpoints import save_agent_checkpoint
-
-        if self.numerical is None and _finite(self.model.policy) is None:
+        if self.numerical is None and nonfinite_parameter(self.model.policy) is None:
             save_agent_checkpoint(self.model, self.run_dir, self.state())
             self.saved_at = self.num_timesteps
 
     def _on_rollout_start(self) -> None:
-        bad = _finite(self.model.policy)
+        bad = nonfinite_parameter(self.model.policy)
         if bad is not None and self.numerical is None:
             self.numerical = f"parameter {bad} became NaN or infinite after step {self.num_timesteps:,}"
             raise NumericalStop(self.numerical)  # before the policy acts on it
 
     def _on_step(self) -> bool:
-        from rltransfer.interrupt import stop_requested
-
         signum = stop_requested()
         if signum is not None and self.evaluation.stop_reason is None:  # a run stopping anyway just finishes
             self.signal = signum
@@ -230,10 +228,8 @@ class Checkpointing(BaseCallback):
         return True
 
 
-def _finite(module: Any) -> str | None:
+def nonfinite_parameter(module: torch.nn.Module) -> str | None:
     """The name of the first parameter holding NaN or infinity, or None."""
-    import torch
-
     for name, param in module.named_parameters():
         if not torch.isfinite(param).all():
             return name

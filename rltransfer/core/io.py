@@ -56,16 +56,6 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def save_model(model: Any, path: str | Path) -> Path:
-    """Save an SB3 agent atomically, in a form plain SB3 can load back (frozen layers included)."""
-    from rltransfer.sb3 import loadable_optimizers
-
-    path = Path(path)
-    with atomic_path(path, suffix=".zip") as tmp, loadable_optimizers(model):
-        model.save(tmp)
-    return path
-
-
 def prepare_run_dir(log_root: str | Path, name: str) -> Path:
     """Create ``log_root/name``; an earlier run of that name is moved aside to ``name.<its time>``, not deleted."""
     run_dir = Path(log_root) / name

@@ -1,71 +1,28 @@
-"""Resumable state: random-number generators, and SB3 agents mid-training (weights, optimizers, replay buffer,
-counters, callback state) in files read back weights-only, each checked against the digest recorded beside it."""
+"""Resumable SB3 agents mid-training: weights, optimizers, replay buffer, counters and callback state, in files
+read back weights-only, each checked against the digest recorded beside it."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import random
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
 
-from rltransfer.errors import ConfigError
-from rltransfer.io import atomic_path, write_json
+from rltransfer.agents.freezing import optimizer_slots
+from rltransfer.core.errors import ConfigError
+from rltransfer.core.io import atomic_path, write_json
+from rltransfer.core.state import cpu_copy, digest, rng_state, set_rng_state
+from rltransfer.rl.record import CHECKPOINT_DIR
 
-if TYPE_CHECKING:
-    from stable_baselines3.common.base_class import BaseAlgorithm
-
-CHECKPOINT_DIR = "checkpoint"
 _BUFFER_FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
 
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch random states as tensors and plain values (loadable weights-only)."""
-    version, state, gauss = random.getstate()
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    return {
-        "python": [version, list(state), gauss],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Put back what :func:`rng_state` returned."""
-    version, values, gauss = state["python"]
-    random.setstate((version, tuple(values), gauss))
-    kind, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-
-
-def cpu_copy(value: Any) -> Any:
-    """Tensors (also inside dicts and lists) copied to the CPU, detached."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {key: cpu_copy(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(cpu_copy(item) for item in value)
-    return value
-
-
-def digest(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            hasher.update(block)
-    return hasher.hexdigest()
-
-
 def _optimizers(model: BaseAlgorithm) -> dict[str, torch.optim.Optimizer]:
-    from rltransfer.sb3 import _optimizer_slots
-
-    found = {slot.label: getattr(slot.owner, slot.attribute) for slot in _optimizer_slots(model)}
+    found = {slot.label: getattr(slot.owner, slot.attribute) for slot in optimizer_slots(model)}
     if getattr(model, "ent_coef_optimizer", None) is not None:  # SAC's automatic entropy coefficient
         found["ent_coef"] = model.ent_coef_optimizer
     return found

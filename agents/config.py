@@ -1,0 +1,135 @@
+"""The ``agent`` section of a config: algorithm, hyperparameters, network and optimizer, checked against SB3."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from rltransfer.agents.algorithms import ALGORITHMS
+from rltransfer.core.config import Section, parse_config
+from rltransfer.core.errors import ConfigError, did_you_mean
+from rltransfer.core.optim import OptimizerName
+
+Activation = Literal["tanh", "relu", "elu", "leaky_relu", "gelu", "silu"]
+Algo = Literal["ppo", "a2c", "dqn", "sac", "td3"]
+
+
+class PolicyConfig(Section):
+    """The policy network."""
+
+    hidden: list[int] | dict[str, list[int]] | None = None
+    """Hidden layer sizes, e.g. ``[64, 64]``, or ``{pi: [...], vf: [...]}`` / ``{pi, qf}``; null: SB3's default."""
+    activation: Activation | None = None
+    """Hidden activation; null: SB3's default (tanh for PPO/A2C, relu otherwise)."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout after every hidden layer (0.2-0.5 is usual; 0 turns it off). Off while acting and evaluating."""
+    consistent_dropout: bool = True
+    """PPO/A2C: one mask per rollout sample for its old and new log-probabilities (the PPO ratio starts at 1)."""
+    ortho_init: bool | None = None
+    """PPO/A2C: orthogonal initialisation (SB3's default: true)."""
+    features: Literal["auto", "flatten", "nature_cnn", "small_cnn"] = "auto"
+    """Feature extractor: auto (SB3's choice: Nature-CNN for image frames, else flatten), nature_cnn (Atari), or
+    small_cnn (one 3x3 conv + dense layer, for small channel-first grids such as MinAtar and MiniGrid)."""
+    features_dim: int | None = Field(None, ge=1)
+    """Output size of a CNN extractor (nature_cnn: 512, small_cnn: 128 by default)."""
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_sizes(cls, value: Any) -> Any:
+        sizes = value if isinstance(value, list) else [s for v in (value or {}).values() for s in v]
+        if any(size < 1 for size in sizes):
+            raise ValueError("hidden layer sizes must be positive integers")
+        if isinstance(value, dict):
+            unknown = set(value) - {"pi", "vf", "qf"}
+            if unknown:
+                raise ValueError(f"hidden accepts the keys pi, vf, qf; got {sorted(unknown)}")
+        return value
+
+
+class OptimizerConfig(Section):
+    """The optimizer, its learning-rate schedule and the weight penalties."""
+
+    name: OptimizerName | None = None
+    """adam, adamw, rmsprop, adagrad or sgd; null: the algorithm's SB3 default (RMSprop for A2C, else Adam)."""
+    lr: float | None = Field(None, ge=0.0)
+    """Learning rate; null: the algorithm's SB3 default."""
+    schedule: Literal["constant", "linear"] = "constant"
+    """``linear`` decays the learning rate to 0 over the budget."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """L2 penalty (decoupled for AdamW)."""
+    l1: float = Field(0.0, ge=0.0)
+    """L1 penalty on weight matrices."""
+    eps: float | None = Field(None, gt=0.0)
+    """Adam/RMSprop/Adagrad epsilon; null keeps SB3's default (1e-5 for PPO/A2C)."""
+    momentum: float | None = Field(None, ge=0.0)
+    """SGD/RMSprop momentum."""
+
+
+class AgentConfig(Section):
+    """The learning algorithm, its hyperparameters, its network and its optimizer."""
+
+    algo: Algo = "ppo"
+    """ppo, a2c, dqn (discrete actions), sac or td3 (continuous actions)."""
+    hyperparams: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the SB3 algorithm (n_steps, batch_size, gamma, ...)."""
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+
+    def check(self, origin: str) -> None:
+        check_hyperparams(self, origin)
+
+
+_REDIRECTS = {
+    "learning_rate": "agent.optimizer.lr",
+    "policy_kwargs": "agent.policy",
+    "seed": "seed",
+    "device": "device",
+    "env": "env",
+    "use_rms_prop": "agent.optimizer.name",
+    "rms_prop_eps": "agent.optimizer.eps",
+}
+_MANAGED = {
+    "use_rms_prop",
+    "rms_prop_eps",
+    "policy",
+    "env",
+    "learning_rate",
+    "policy_kwargs",
+    "seed",
+    "device",
+    "tensorboard_log",
+    "verbose",
+    "_init_setup_model",
+}
+
+
+def check_hyperparams(agent: AgentConfig, origin: str) -> None:
+    """Every hyperparameter must be a keyword argument of the SB3 algorithm that rltransfer does not set itself."""
+    accepted = (
+        set(inspect.signature(ALGORITHMS[agent.algo].sb3_cls.__init__).parameters) - _MANAGED - {"self"}
+    )
+    for key in agent.hyperparams:
+        if key in _MANAGED:
+            where = _REDIRECTS.get(key, "the top level of the config")
+            raise ConfigError(
+                f"{origin}: `agent.hyperparams.{key}` is set by rltransfer; set it with `{where}` instead."
+            )
+        if key not in accepted:
+            raise ConfigError(
+                f"{origin}: `agent.hyperparams.{key}` is not a setting of {agent.algo.upper()}"
+                f"{did_you_mean(key, accepted)}. Its settings are: {', '.join(sorted(accepted))}."
+            )
+
+
+class _AgentOnly(Section):
+    agent: AgentConfig
+
+    def check(self, origin: str) -> None:
+        self.agent.check(origin)
+
+
+def parse_agent(data: Any, origin: str = "config") -> AgentConfig:
+    """Validate an ``agent`` section on its own (errors name `agent.<key>`)."""
+    return parse_config({"agent": data}, _AgentOnly, origin).agent

@@ -1,0 +1,214 @@
+"""YAML configs validated into typed objects: the shared base of every config kind, its reading and its errors.
+
+Every error names the file, the key and the fix. The config kinds themselves live beside what they configure
+(:mod:`rltransfer.rl.config`, :mod:`rltransfer.study.config`, :mod:`rltransfer.vision.config`)."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from rltransfer.core.errors import ConfigError, did_you_mean
+
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, defaults are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    def check(self, origin: str) -> None:
+        """Checks across keys that a field validator cannot make, run after parsing (errors name `origin`)."""
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def check_device(value: str) -> str:
+    """A field validator for ``device``: auto, cpu, mps, cuda or cuda:N."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+        raise ValueError("device must be auto, cpu, mps, cuda or cuda:N")
+    return value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"Config file {path} does not exist. Check the path (relative paths start at {Path.cwd()})."
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            f"{path} is not valid YAML: {error}. Fix the syntax at the position shown."
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a UTF-8 text file; a config must be YAML text.") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path} must hold a YAML mapping of settings (key: value), not a {type(data).__name__}."
+        )
+    return data
+
+
+def parse_config(data: dict[str, Any], model: type[ConfigT], origin: str = "config") -> ConfigT:
+    """Validate a mapping into `model`; the first problem becomes a :class:`ConfigError` naming its key."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{origin} must be a mapping of settings (key: value), not a {type(data).__name__}."
+        )
+    try:
+        config = model.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_explain(error, model, origin)) from None
+    if isinstance(config, Section):
+        config.check(origin)
+    return config
+
+
+def load_config(path: str | Path, model: type[ConfigT], overrides: dict[str, Any] | None = None) -> ConfigT:
+    """Load a YAML file into `model`; ``name`` defaults to the file's stem; `overrides` use dotted keys."""
+    data = load_yaml(path)
+    data.setdefault("name", Path(path).stem)
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value, str(path))
+    return parse_config(data, model, str(path))
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any, origin: str = "config") -> None:
+    """Set ``a.b.c`` in nested dicts, creating missing levels."""
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(
+                f"{origin}: cannot set `{dotted}`: `{key}` holds a {type(child).__name__}, not a mapping."
+            )
+        node = child
+    node[keys[-1]] = value
+
+
+def _explain(error: ValidationError, model: type[BaseModel], origin: str) -> str:
+    # inside a union (e.g. a strategy name or mapping) the deepest error is the one that explains the mistake
+    first = max(error.errors(), key=lambda item: len(item["loc"]))
+    location = _trim_union_tags(first["loc"])
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        known = _known_keys(model, first["loc"][:-1])
+        key = str(first["loc"][-1])
+        return (
+            f"{origin}: `{location}` is not a known setting{did_you_mean(key, known)}. "
+            f"Known settings here: {', '.join(known)}. Remove or rename the key."
+        )
+    if kind == "missing":
+        return f"{origin}: `{location}` is required but missing. Add it to the config."
+    got = first.get("input")
+    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"{origin}: `{location}` is invalid: {message} (got {shown}). Fix the value in the config."
+
+
+_UNION_TAGS = {
+    "list[int]",
+    "dict[str,list[int]]",
+    "float",
+    "str",
+    "int",
+    "bool",
+    "AgentConfig",
+    "StudyStrategy",
+    "ChainStage",
+}
+
+
+def _trim_union_tags(loc: tuple[Any, ...]) -> str:
+    parts = []
+    for part in loc:
+        text = str(part)
+        # pydantic names union members (e.g. 'list[int]', 'AgentConfig', 'literal[...]') inside the location
+        if text in _UNION_TAGS or text.startswith(("literal[", "function-", "constrained-")):
+            continue
+        parts.append(text)
+    return ".".join(parts) or "(top level)"
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            continue
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The config section class inside an annotation such as ``list[str | StudyStrategy] | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if isinstance(found, type) and issubclass(found, BaseModel):
+            return found
+    return annotation
+
+
+def dump_config(config: BaseModel) -> str:
+    """The resolved config as YAML (every default filled in)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _packaged_configs() -> list[str]:
+    root = resources.files("rltransfer.configs")
+    found = []
+    for family in root.iterdir():
+        if family.is_dir() and not family.name.startswith("_"):
+            found += [
+                f"{family.name}/{item.name[:-5]}" for item in family.iterdir() if item.name.endswith(".yaml")
+            ]
+    return sorted(found)
+
+
+def resolve_config_path(argument: str) -> Path:
+    """A config file path as given, else a config shipped with rltransfer (``cartpole/source``)."""
+    path = Path(argument)
+    if path.is_file():
+        return path
+    name = argument.removeprefix("configs/").removesuffix(".yaml")
+    packaged = resources.files("rltransfer.configs").joinpath(*f"{name}.yaml".split("/"))
+    if packaged.is_file():
+        with resources.as_file(packaged) as real:
+            return Path(real)
+    raise ConfigError(
+        f"Config {argument} does not exist (relative paths start at {Path.cwd()}). "
+        f"Give a YAML file, or one of the configs shipped with rltransfer: {', '.join(_packaged_configs())}."
+    )
+
+
+def coerce_config(config: Any, model: type[ConfigT], *, packaged: bool = False) -> ConfigT:
+    """Accept a config object, a YAML path (or, with `packaged`, a shipped name such as ``cartpole/source``) or
+    a mapping."""
+    if isinstance(config, model):
+        return config
+    if isinstance(config, dict):
+        return parse_config(config, model)
+    if isinstance(config, (str, Path)):
+        return load_config(resolve_config_path(str(config)) if packaged else config, model)
+    raise TypeError(f"expected a {model.__name__}, a YAML path or a mapping, got {type(config).__name__}")

@@ -1,0 +1,120 @@
+"""The configs of RL runs: the game, evaluation, and what ``rltransfer train`` and ``transfer`` take."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from rltransfer.agents.config import AgentConfig
+from rltransfer.core.config import NAME_PATTERN, Section, check_device
+from rltransfer.core.errors import ConfigError
+
+
+def check_budget(budget: int, every: int, origin: str) -> None:
+    """A run must be evaluated at least once after it starts learning."""
+    if budget < every:
+        raise ConfigError(
+            f"{origin}: `budget` ({budget:,}) is smaller than `eval.every` ({every:,}): the run would never be "
+            "evaluated after it starts learning. Raise the budget or evaluate more often."
+        )
+
+
+class EnvConfig(Section):
+    """The game: a gymnasium id (``CartPole-v1``, ``rltransfer/CartPoleLongPole-v1``, ``module:EnvId``)."""
+
+    id: str
+    """Gymnasium environment id."""
+    context: dict[str, Any] = Field(default_factory=dict)
+    """Context overrides for rltransfer families (e.g. ``pole_length: 2.0``); for other envs, gym.make kwargs."""
+    n_envs: int = Field(8, ge=1)
+    """Parallel training environments (a DummyVecEnv)."""
+
+
+class EvalConfig(Section):
+    """Evaluation on a separate environment, early stopping, and the return threshold."""
+
+    every: int = Field(5000, ge=1)
+    """Evaluate every this many environment steps (summed over the parallel envs); also once at step 0."""
+    episodes: int = Field(10, ge=1)
+    """Episodes per evaluation."""
+    deterministic: bool = True
+    """Evaluate the greedy (deterministic) policy."""
+    patience: int | None = Field(5, ge=1)
+    """Stop when this many evaluations in a row bring no new best (null: never stop early)."""
+    min_evals: int = Field(2, ge=0)
+    """Evaluations before early stopping may trigger."""
+    threshold: float | Literal["env"] | None = None
+    """Stop as soon as the mean evaluation return reaches this; ``env`` takes the env's reward threshold."""
+
+
+class RunConfig(Section):
+    """What every run has: a name, a game, a budget, evaluation and where its files go."""
+
+    name: str = Field(..., min_length=1, pattern=NAME_PATTERN)
+    """Run name: the run directory is ``<log_root>/<name>``."""
+    seed: int = Field(0, ge=0)
+    device: str = "auto"
+    """auto (CUDA when available, else CPU), cpu, cuda or cuda:N."""
+    log_root: str = "runs"
+    """Folder that holds every run; ``tensorboard --logdir <log_root>`` shows them side by side."""
+    budget: int = Field(..., ge=1)
+    """Environment steps to train for (SB3 finishes the rollout in progress, so on-policy runs may overshoot)."""
+    env: EnvConfig
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    _known_device = field_validator("device")(check_device)
+
+    def check(self, origin: str) -> None:
+        check_budget(self.budget, self.eval.every, origin)
+
+
+class TrainConfig(RunConfig):
+    """``rltransfer train``: train a source agent from scratch."""
+
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+
+    def check(self, origin: str) -> None:
+        super().check(origin)
+        self.agent.check(origin)
+
+
+class ChainStage(Section):
+    """One intermediate game of a transfer chain, trained for its own budget before the next stage."""
+
+    env: EnvConfig
+    budget: int = Field(..., ge=1)
+    """Environment steps of this stage."""
+    eval: EvalConfig | None = None
+    """Evaluation and early stopping of this stage; null: the transfer's own ``eval``."""
+
+
+class TransferConfig(RunConfig):
+    """``rltransfer transfer``: copy a source agent's fitting layers into a target agent and fine-tune it."""
+
+    source: str
+    """An rltransfer run directory, or an SB3 ``.zip`` saved by rltransfer or by plain SB3 ``model.save``."""
+    freeze: list[str] = Field(default_factory=list)
+    """Layers to freeze: exact names, globs (``mlp_extractor.policy_net.*``) or ``up_to:NAME``."""
+    reinit: list[str] = Field(default_factory=list)
+    """Layers to re-initialise even though they fit (e.g. a fresh head)."""
+    layer_map: dict[str, str] = Field(default_factory=dict)
+    """Copy a target layer from a source layer of another name: ``{target_layer: source_layer}`` (same shapes).
+    Layers whose shapes differ are re-initialised automatically (input adapter, new head); the table printed at
+    the start of a transfer shows what happened to every layer."""
+    unfreeze_at: int | None = Field(None, ge=1)
+    """Two-phase fine-tuning: from the first update after this many steps the frozen layers train too (null: never)."""
+    chain: list[ChainStage] = Field(default_factory=list)
+    """Transitive transfer: intermediate games trained in order (source -> chain[0] -> ... -> env), each stage
+    fine-tuning the previous stage's best model; ``freeze`` applies at every stage, ``reinit`` and ``layer_map``
+    to the first."""
+    agent: AgentConfig | None = None
+    """The target agent; null: the source run's agent (for a plain SB3 zip: the defaults)."""
+    trust_source: bool = False
+    """Load the source with SB3's full loader, which runs the pickled objects inside the file. Only for files
+    you trust; the default reads weights only and never executes anything from the file."""
+
+    def check(self, origin: str) -> None:
+        super().check(origin)
+        if self.agent is not None:
+            self.agent.check(origin)

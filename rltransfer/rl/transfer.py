@@ -1,0 +1,204 @@
+"""Source agent -> target agent: copy every layer whose name and shape fit, re-initialise the rest, freeze, fine-tune.
+
+Reading the source is :mod:`rltransfer.rl.sources`, deciding what fits is :mod:`rltransfer.rl.mapping`, the
+stages of a chain are :mod:`rltransfer.rl.chain`; this module runs them in order into run directories.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from rltransfer.agents.builder import build_agent
+from rltransfer.agents.config import AgentConfig
+from rltransfer.agents.freezing import freeze_agent, is_target_copy, layer_copies
+from rltransfer.core.config import coerce_config, dump_config
+from rltransfer.core.device import resolve_device
+from rltransfer.core.errors import ConfigError, LayerSelectionError, TransferError, short_list
+from rltransfer.core.interrupt import Interrupted
+from rltransfer.core.io import prepare_run_dir, write_text
+from rltransfer.core.layers import select_layers
+from rltransfer.rl.callbacks import UnfreezeAt
+from rltransfer.rl.chain import chain_stage_config, check_chain, stage_state, stage_summary
+from rltransfer.rl.config import TransferConfig
+from rltransfer.rl.environment import make_envs
+from rltransfer.rl.mapping import LayerMapping, covered, describe_weights, map_weights
+from rltransfer.rl.record import RunRecord
+from rltransfer.rl.sources import SourceAgent, load_source, source_agent_config
+from rltransfer.rl.training import RunResult, resume_config, run_training
+
+
+@dataclass
+class TransferResult(RunResult):
+    """A transfer run's result, with its layer mapping and whether the frozen layers stayed bit-identical."""
+
+    mapping: LayerMapping | None = None
+    frozen_unchanged: bool | None = None
+    chain: list[dict[str, Any]] = field(default_factory=list)
+    """The intermediate stages of a transitive transfer: game, run directory, steps, best return."""
+
+
+def transfer(
+    config: TransferConfig | str | Path | dict[str, Any] | None = None,
+    *,
+    progress_bar: bool = True,
+    verbose: bool = True,
+    resume: str | Path | None = None,
+) -> TransferResult:
+    """Transfer a source agent to the config's target env, freeze the named layers and fine-tune the rest.
+
+    With a ``chain``, the agent first goes through each intermediate game in turn (transitive transfer); the
+    stages are run directories under ``<run_dir>/chain/``. ``resume`` continues an interrupted transfer from its
+    run directory (the same source must still exist); finished chain stages are reused, not retrained."""
+    if resume is not None:
+        config = resume_config(resume, TransferConfig)
+    config = coerce_config(config, TransferConfig)
+    check_chain(config)
+    run_dir = Path(resume) if resume is not None else None
+    if not config.chain:  # the run directory is created once the source, mapping and freezing are known good
+        return _transfer_stage(
+            config, run_dir, config.source, config.trust_source, first=True, resume=resume is not None,
+            progress_bar=progress_bar, verbose=verbose,
+        )  # fmt: skip
+    # a missing or unreadable source fails before the chain's run directory exists
+    load_source(config.source, trust=config.trust_source)
+    if run_dir is None:
+        run_dir = prepare_run_dir(config.log_root, config.name)
+        # what --resume needs if a signal stops the chain before its last stage starts
+        write_text(run_dir / "config.yaml", dump_config(config))
+        RunRecord(run_dir).update(kind="transfer", status="running", env=config.env.id)
+    source, trust, stages = _run_chain(config, run_dir, progress_bar, verbose)
+    if verbose:
+        print(f"Chain stage {len(config.chain) + 1} of {len(config.chain) + 1}: {config.env.id}", flush=True)
+    return _transfer_stage(
+        config, run_dir, source, trust, first=False,
+        resume=resume is not None and RunRecord(run_dir).has_checkpoint(),
+        progress_bar=progress_bar, verbose=verbose, chain=stages,
+    )  # fmt: skip
+
+
+def _run_chain(
+    config: TransferConfig, run_dir: Path, progress_bar: bool, verbose: bool
+) -> tuple[str, bool, list[dict[str, Any]]]:
+    """Run the intermediate stages in order (reusing finished ones, continuing an interrupted one); the last
+    stage's run directory is the source of the final transfer."""
+    source, trust = config.source, config.trust_source
+    stages: list[dict[str, Any]] = []
+    for index in range(len(config.chain)):
+        stage_config = chain_stage_config(config, index, run_dir, source, trust)
+        stage_dir = Path(stage_config.log_root) / stage_config.name
+        if verbose:
+            print(
+                f"Chain stage {index + 1} of {len(config.chain) + 1}: {stage_config.env.id} "
+                f"({stage_config.budget:,} steps) into {stage_dir}",
+                flush=True,
+            )
+        try:
+            state = stage_state(stage_config, stage_dir)
+            if state == "finished" and verbose:
+                print(f"  reusing the finished stage {stage_dir}", flush=True)
+            elif state == "interrupted":
+                transfer(progress_bar=progress_bar, verbose=verbose, resume=stage_dir)
+            elif state == "new":
+                transfer(stage_config, progress_bar=progress_bar, verbose=verbose)
+        except Interrupted as stop:
+            raise Interrupted(
+                stop.signum, run_dir, "transfer", f" in chain stage {index + 1} ({stage_config.env.id})"
+            ) from None
+        stages.append(stage_summary(stage_config, stage_dir))
+        source, trust = str(stage_dir), False
+    return source, trust, stages
+
+
+def _transfer_stage(
+    config: TransferConfig,
+    run_dir: Path | None,
+    source_path: str,
+    trust: bool,
+    *,
+    first: bool,
+    resume: bool,
+    progress_bar: bool,
+    verbose: bool,
+    chain: list[dict[str, Any]] | None = None,
+) -> TransferResult:
+    """One transfer: load the source, build the target agent, map, freeze and fine-tune into `run_dir` (None:
+    a new run directory, made once everything before training has worked)."""
+    source = load_source(source_path, trust=trust)
+    agent = config.agent or source_agent_config(source)
+    train_env, eval_env = make_envs(config.env, config.seed)
+    model = build_agent(agent, train_env, seed=config.seed, device=resolve_device(config.device))
+    mapping = _map_and_freeze(model, source, agent, config, first)
+    table = mapping.format()
+    if verbose:
+        print(f"Transfer from {source.path} to {config.env.id}:\n{table}", flush=True)
+    run_dir = run_dir or prepare_run_dir(config.log_root, config.name)
+    metadata: dict[str, Any] = {
+        "algo": agent.algo,
+        "agent": agent.model_dump(mode="json"),
+        "source": str(source.path),
+        "mapping": mapping.as_dict(),
+    }
+    if chain:
+        metadata["chain"] = chain
+        metadata["chain_steps"] = sum(int(stage["timesteps"] or 0) for stage in chain)
+    callbacks = []
+    if config.unfreeze_at is not None and mapping.frozen:
+        callbacks.append(UnfreezeAt(mapping.frozen, config.unfreeze_at))
+    # the frozen layers train in the second phase of a two-phase fine-tuning: nothing to compare then
+    snapshot = {} if callbacks else _frozen_snapshot(model, mapping.frozen)
+    outcome: dict[str, Any] = {}
+
+    def frozen_outcome() -> dict[str, Any]:
+        current = model.policy.state_dict()
+        unchanged = all(torch.equal(v, current[k]) for k, v in snapshot.items()) if snapshot else None
+        outcome.update(
+            frozen_unchanged=unchanged, unfrozen_at=callbacks[0].unfrozen_at if callbacks else None
+        )
+        return outcome
+
+    result = run_training(
+        model, config, run_dir, eval_env, callbacks=callbacks, kind="transfer", progress_bar=progress_bar,
+        metadata=metadata, texts={"transfer/layers": table}, resume=resume, on_finish=frozen_outcome,
+    )  # fmt: skip
+    return TransferResult(
+        **vars(result), mapping=mapping, frozen_unchanged=outcome["frozen_unchanged"], chain=chain or []
+    )
+
+
+def _map_and_freeze(
+    model: BaseAlgorithm, source: SourceAgent, agent: AgentConfig, config: TransferConfig, first: bool
+) -> LayerMapping:
+    """Copy what fits from the source (re-initialising what the config names), then freeze the named layers."""
+    policy = model.policy
+    try:
+        reinit = layer_copies(policy, select_layers(policy, config.reinit)) if config.reinit and first else []
+    except LayerSelectionError as error:
+        raise ConfigError(f"`reinit`: {error}") from None
+    mapping = map_weights(source.state_dict, policy, reinit, config.layer_map if first else None)
+    if not mapping.copied and any(info["reason"] != "asked" for info in mapping.reinitialised.values()):
+        raise TransferError(
+            f"No layer of the source {source.path} fits the target agent ({agent.algo} on {config.env.id}): "
+            f"source layers {short_list(describe_weights(source.state_dict), 12)}; target layers "
+            f"{short_list(describe_weights(policy.state_dict()), 12)}. Use the source's algorithm and hidden "
+            "sizes in `agent` (or leave `agent` out to take them from the source)."
+        )
+    try:
+        mapping.frozen = freeze_agent(model, config.freeze)
+    except LayerSelectionError as error:
+        raise ConfigError(f"`freeze`: {error}") from None
+    return mapping
+
+
+def _frozen_snapshot(model: BaseAlgorithm, frozen: list[str]) -> dict[str, torch.Tensor]:
+    """Copies of the frozen tensors, to check after fine-tuning that they stayed bit-identical. Target-network
+    copies follow SB3's target updates (exact for DQN's copies, rounding-level for Polyak) and are left out."""
+    return {
+        key: value.detach().clone()
+        for key, value in model.policy.state_dict().items()
+        if covered(key.rpartition(".")[0], frozen) and not is_target_copy(key)
+    }

@@ -1,0 +1,104 @@
+"""The config of ``rltransfer study``: one source, targets x strategies x seeds, against scratch."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from rltransfer.agents.config import AgentConfig
+from rltransfer.core.config import NAME_PATTERN, Section, check_device
+from rltransfer.rl.config import ChainStage, check_budget
+
+
+class StudySource(Section):
+    """The study's source agent: a train config trained first (inside the study), or an existing agent."""
+
+    config: str | None = None
+    """A train config (YAML path or shipped name such as cartpole/source), trained once as the study's first run."""
+    path: str | None = None
+    """An rltransfer run directory or an SB3 .zip."""
+    seed: int = Field(0, ge=0)
+    """Seed of the source training (every target run pairs with this one source)."""
+    trust_source: bool = False
+    """With ``path``: load it with SB3's full loader (runs pickled objects in the file; only for trusted files)."""
+
+
+class StudyTarget(Section):
+    """One target game of a study."""
+
+    id: str
+    context: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = Field(None, pattern=NAME_PATTERN)
+    """Short name in reports and folders; default: the id without namespace and version."""
+
+
+class StudyStrategy(Section):
+    """A user-named strategy: copy what fits, freeze and re-initialise the named layers, fine-tune the rest."""
+
+    name: str = Field(..., pattern=NAME_PATTERN)
+    freeze: list[str] = Field(default_factory=list)
+    reinit: list[str] = Field(default_factory=list)
+    unfreeze_at: int | None = Field(None, ge=1)
+    """Two-phase fine-tuning: the frozen layers train too after this many steps."""
+    layer_map: dict[str, str] = Field(default_factory=dict)
+    """``{target_layer: source_layer}``: copy a layer from a source layer of another name."""
+    chain: list[ChainStage] = Field(default_factory=list)
+    """Transitive transfer: intermediate games trained in order before each target (each stage's budget is its
+    own; the report shows the intermediate steps beside the target's metrics)."""
+    agent: dict[str, Any] = Field(default_factory=dict)
+    """Overrides merged into the study's agent for this strategy only, e.g. ``{optimizer: {lr: 0.0001}}``."""
+
+
+class StudyEval(Section):
+    """The evaluation schedule every run of a study shares (no early stopping: equal budgets)."""
+
+    every: int = Field(5000, ge=1)
+    episodes: int = Field(10, ge=1)
+    deterministic: bool = True
+
+
+class StudyConfig(Section):
+    """``rltransfer study``: one source, targets x strategies x seeds, compared with learning from scratch."""
+
+    name: str = Field(..., min_length=1, pattern=NAME_PATTERN)
+    log_root: str = "runs"
+    device: str = "auto"
+    source: StudySource
+    targets: list[StudyTarget] = Field(..., min_length=1)
+    strategies: list[str | StudyStrategy] = Field(default_factory=lambda: ["scratch", "finetune"])
+    """Built in: scratch (always run, the baseline), finetune, freeze-trunk, head-only; or {name, freeze, reinit}."""
+    seeds: list[int] | int = 3
+    """Seeds (a list, or a count n meaning 0..n-1); run r of every strategy uses seed r."""
+    budget: int = Field(..., ge=1)
+    """Environment steps of every run; metrics only use evaluations up to this step (SB3 may overshoot it)."""
+    n_envs: int | None = Field(None, ge=1)
+    """Parallel envs per run; default: the source's."""
+    eval: StudyEval = Field(default_factory=StudyEval)
+    threshold: float | Literal["env"] = "env"
+    """Return for time-to-threshold; ``env`` uses each target's reward threshold."""
+    last_evals: int = Field(3, ge=1)
+    """Evaluations averaged for the asymptotic return."""
+    agent: AgentConfig | None = None
+    """Target agent for every strategy; default: the source's."""
+
+    _known_device = field_validator("device")(check_device)
+
+    @field_validator("seeds")
+    @classmethod
+    def _positive_seeds(cls, value: list[int] | int) -> list[int] | int:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("seeds must be a positive count or a list of seeds")
+        if isinstance(value, list) and (
+            not value or any(seed < 0 for seed in value) or len(set(value)) != len(value)
+        ):
+            raise ValueError("seeds must be a non-empty list of distinct non-negative integers")
+        return value
+
+    def check(self, origin: str) -> None:
+        check_budget(self.budget, self.eval.every, origin)
+        if self.agent is not None:
+            self.agent.check(origin)
+
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)

@@ -1,0 +1,119 @@
+"""One run of a study, in whichever process an executor puts it: train or transfer, its result stored beside it.
+
+Each run writes ``result.json`` into its run directory as soon as it ends, so re-running an interrupted study
+skips what finished; a run that fails is recorded (``error.json``) without taking the study down; a run stopped
+by a signal leaves its checkpoint and ``interrupted.json``, and the next attempt continues from it.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rltransfer.core.config import parse_config
+from rltransfer.core.errors import ConfigError
+from rltransfer.core.interrupt import Interrupted
+from rltransfer.core.io import write_json
+from rltransfer.rl.config import TrainConfig, TransferConfig
+from rltransfer.rl.record import RunRecord
+from rltransfer.rl.training import train
+from rltransfer.rl.transfer import transfer
+
+RESULT = "result.json"
+INTERRUPTED = "interrupted.json"  # left by an interrupted study run: which run its checkpoint belongs to
+
+
+def finished_result(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The stored result of a finished run with this exact config, else None."""
+    path = run_dir / RESULT
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if result.get("status") != "finished" or result.get("fingerprint") != fingerprint:
+        return None
+    return result
+
+
+def execute_run(kind: str, config: dict[str, Any], run_dir: str, fingerprint: str) -> dict[str, Any]:
+    """Run one study run (in a worker process) and store its result beside it; failures are returned, not raised.
+
+    A run that an earlier attempt left interrupted, with a checkpoint of this same run (config and source, by
+    fingerprint), continues from it; any other leftover is cleared and the run starts afresh."""
+    if multiprocessing.current_process().name != "MainProcess":
+        torch.set_num_threads(1)  # one thread per worker; runs in the caller's process keep its setting
+    path = Path(run_dir)
+    parsed = parse_config(config, TrainConfig if kind == "train" else TransferConfig)
+    started = time.perf_counter()
+    try:
+        try:
+            result = _run(kind, parsed, path, resume=_resumable(path, fingerprint))
+        except ConfigError:
+            if not _resumable(path, fingerprint):
+                raise
+            # the checkpoint cannot be used (damaged, or the run had in fact finished): start this run afresh
+            result = _run(kind, parsed, path, resume=False)
+    except Interrupted as stop:  # Ctrl-C / SIGTERM: the run saved a checkpoint; the next attempt continues it
+        write_json(path / INTERRUPTED, {"fingerprint": fingerprint, "signal": stop.signum})
+        return {
+            "status": "interrupted",
+            "signal": stop.signum,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    except Exception as error:  # one failing run must not take the study down
+        record = {
+            "status": "failed",
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": traceback.format_exc(),
+            "fingerprint": fingerprint,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        path.mkdir(parents=True, exist_ok=True)
+        write_json(path / "error.json", record)
+        return record
+    record = {
+        "status": "finished",
+        "fingerprint": fingerprint,
+        "curve": [[point["step"], point["mean_return"]] for point in result.curve],
+        "best_mean_return": result.best_mean_return,
+        "timesteps": result.timesteps,
+        "seconds": round(result.seconds, 2),
+        "frozen_unchanged": getattr(result, "frozen_unchanged", None),
+    }
+    (path / INTERRUPTED).unlink(missing_ok=True)
+    write_json(path / RESULT, record)
+    return record
+
+
+def _run(kind: str, config: TrainConfig | TransferConfig, path: Path, resume: bool) -> Any:
+    if not resume:
+        shutil.rmtree(path, ignore_errors=True)  # an unfinished attempt without a usable checkpoint
+        if kind == "train":
+            return train(config, progress_bar=False)
+        return transfer(config, progress_bar=False, verbose=False)
+    if kind == "train":
+        return train(progress_bar=False, resume=path)
+    return transfer(progress_bar=False, verbose=False, resume=path)
+
+
+def _resumable(path: Path, fingerprint: str) -> bool:
+    """True when the run directory holds a checkpoint that an interrupted attempt of this same run (same config
+    and source: the fingerprint) left behind."""
+    try:
+        marker = json.loads((path / INTERRUPTED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(marker, dict)
+        and marker.get("fingerprint") == fingerprint
+        and RunRecord(path).has_checkpoint()
+    )

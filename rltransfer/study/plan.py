@@ -1,0 +1,305 @@
+"""Planning a study: one source agent; targets x strategies x seeds, each run a plain-data specification.
+
+Planning validates everything before the first run starts (source, targets, strategies, layer names,
+mappability) and produces :class:`RunSpec` values; an executor (:mod:`rltransfer.study.executor`) runs them and
+the report (:mod:`rltransfer.study.report`) reads their results.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rltransfer.agents.builder import build_agent
+from rltransfer.agents.config import AgentConfig, parse_agent
+from rltransfer.agents.freezing import hidden_layers, trunk_layers
+from rltransfer.core.config import load_config, resolve_config_path
+from rltransfer.core.errors import ConfigError, LayerSelectionError, TransferError, did_you_mean, short_list
+from rltransfer.core.layers import select_layers
+from rltransfer.core.state import digest
+from rltransfer.rl.config import EnvConfig, TrainConfig
+from rltransfer.rl.environment import check_env, make_envs, reward_threshold
+from rltransfer.rl.mapping import map_weights
+from rltransfer.rl.sources import load_source, source_agent_config
+from rltransfer.study.config import StudyConfig, StudyStrategy, StudyTarget
+
+BUILTIN_STRATEGIES = ("scratch", "finetune", "freeze-trunk", "head-only")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a study: which target, strategy and seed, and the full config it runs with."""
+
+    target: str
+    strategy: str
+    seed: int
+    kind: str  # "train" (scratch) or "transfer"
+    config: dict[str, Any]
+    run_dir: Path
+    source_id: str = ""  # identifies the source's weights: a stored result is stale once they change
+
+    @property
+    def key(self) -> str:
+        return f"{self.target}/{self.strategy}/seed{self.seed}"
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(
+            json.dumps([self.kind, self.config, self.source_id], sort_keys=True, default=str).encode()
+        ).hexdigest()[:16]
+
+
+@dataclass
+class StudyPlan:
+    """Everything a study will run, resolved and validated before the first run starts."""
+
+    config: StudyConfig
+    study_dir: Path
+    source_path: Path | None
+    source_config: TrainConfig | None
+    thresholds: dict[str, float]
+    strategies: dict[str, dict[str, Any]]
+    runs: list[RunSpec] = field(default_factory=list)
+    """Every run, in order: targets, then strategies, then seeds."""
+
+
+def target_label(target: StudyTarget) -> str:
+    """``rltransfer/CartPoleLongPole-v1`` -> ``CartPoleLongPole``."""
+    if target.label:
+        return target.label
+    name = target.id.split(":")[-1].split("/")[-1]
+    return name.rsplit("-v", 1)[0] if "-v" in name else name
+
+
+def _strategies(config: StudyConfig) -> dict[str, StudyStrategy | str]:
+    chosen: dict[str, StudyStrategy | str] = {"scratch": "scratch"}
+    for item in config.strategies:
+        name = item if isinstance(item, str) else item.name
+        if isinstance(item, str) and item not in BUILTIN_STRATEGIES:
+            raise ConfigError(
+                f"`strategies`: unknown strategy `{item}`{did_you_mean(item, BUILTIN_STRATEGIES)}. Built-in strategies "
+                f"are {', '.join(BUILTIN_STRATEGIES)}; name your own as {{name: NAME, freeze: [...], reinit: [...]}}."
+            )
+        if name == "scratch" and not isinstance(item, str):
+            raise ConfigError(
+                "`strategies`: `scratch` is the built-in baseline; give your strategy another name."
+            )
+        if name in chosen and name != "scratch":
+            raise ConfigError(f"`strategies`: `{name}` appears twice; give each strategy a distinct name.")
+        chosen[name] = item
+    return chosen
+
+
+def _resolve_layers(policy: Any, strategy: StudyStrategy | str, reinitialised: set[str]) -> dict[str, Any]:
+    """The freeze and re-initialise lists of a strategy, as selectors that match this policy. The built-in
+    strategies never freeze a layer that could not be copied (frozen random features help no one)."""
+    if isinstance(strategy, StudyStrategy):
+        for key in ("freeze", "reinit"):
+            patterns = getattr(strategy, key)
+            if patterns:
+                try:
+                    select_layers(policy, patterns)
+                except LayerSelectionError as error:
+                    raise ConfigError(f"`strategies` {strategy.name}.{key}: {error}") from None
+        return {
+            "freeze": list(strategy.freeze),
+            "reinit": list(strategy.reinit),
+            "unfreeze_at": strategy.unfreeze_at,
+            "layer_map": dict(strategy.layer_map),
+            "chain": [stage.model_dump(mode="json") for stage in strategy.chain],
+        }
+    if strategy == "head-only":
+        return {
+            "freeze": [n for n in hidden_layers(policy) if n not in reinitialised],
+            "reinit": [],
+            "unfreeze_at": None,
+        }
+    if strategy == "freeze-trunk":
+        return {
+            "freeze": [n for n in trunk_layers(policy) if n not in reinitialised],
+            "reinit": [],
+            "unfreeze_at": None,
+        }
+    return {"freeze": [], "reinit": [], "unfreeze_at": None}
+
+
+def _check_strategy_extras(
+    strategy: StudyStrategy, source_state: dict[str, Any], agent: AgentConfig, env: dict[str, Any]
+) -> None:
+    """A strategy's ``layer_map`` names real layers of matching shapes; its chain stages name real games."""
+    for index, stage in enumerate(strategy.chain):
+        check_env(stage.env, f"strategies {strategy.name}.chain.{index}.env")
+    if strategy.layer_map:
+        first_env = strategy.chain[0].env.model_dump() if strategy.chain else env
+        policy = _probe_policy(agent, EnvConfig(**{**first_env, "n_envs": env["n_envs"]}))
+        try:
+            map_weights(source_state, policy, layer_map=strategy.layer_map)
+        except ConfigError as error:
+            raise ConfigError(f"`strategies` {strategy.name}: {error}") from None
+
+
+def _strategy_agent(agent: AgentConfig, strategy: StudyStrategy | str) -> AgentConfig:
+    """The study's agent with a strategy's own overrides (e.g. a lower fine-tuning learning rate) merged in."""
+    if isinstance(strategy, str) or not strategy.agent:
+        return agent
+    merged = _deep_merge(agent.model_dump(mode="json"), strategy.agent)
+    if merged.get("algo") != agent.algo:
+        raise ConfigError(
+            f"`strategies` {strategy.name}.agent may not change the algorithm (the study uses {agent.algo})."
+        )
+    return parse_agent(merged, f"`strategies` {strategy.name}")
+
+
+def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _probe_policy(agent: AgentConfig, env: EnvConfig) -> Any:
+    """An untrained policy for `env`, to check layer names and shapes before any run starts."""
+    train_env, eval_env = make_envs(env, 0)
+    try:
+        return build_agent(agent, train_env, seed=0, device="cpu").policy
+    finally:
+        train_env.close()
+        eval_env.close()
+
+
+@dataclass
+class _Source:
+    """The study's source as planning needs it: where it is (or the config that trains it) and its weights."""
+
+    path: Path | None
+    config: TrainConfig | None
+    state: dict[str, Any]
+    agent: AgentConfig
+    id: str
+
+
+def plan_study(config: StudyConfig) -> StudyPlan:
+    """Validate the whole study (source, targets, strategies, layer names, mappability) and list its runs."""
+    study_dir = Path(config.log_root) / config.name
+    source = _study_source(config, study_dir)
+    n_envs = config.n_envs or (source.config.env.n_envs if source.config else 1)
+    strategies = _strategies(config)
+    labels = [target_label(t) for t in config.targets]
+    if len(set(labels)) != len(labels):
+        raise ConfigError("`targets`: two targets share a label; give them distinct `label`s.")
+    plan = StudyPlan(config, study_dir, source.path, source.config, {}, {})
+    for index, (target, label) in enumerate(zip(config.targets, labels, strict=True)):
+        _plan_target(plan, source, strategies, f"targets.{index}", target, label, n_envs)
+    return plan
+
+
+def _study_source(config: StudyConfig, study_dir: Path) -> _Source:
+    if (config.source.config is None) == (config.source.path is None):
+        raise ConfigError(
+            "`source` needs exactly one of `config` (a train config to run first) or `path` (an agent)."
+        )
+    if config.source.config is not None:
+        overrides = {"name": "source", "log_root": str(study_dir), "seed": config.source.seed, "device": config.device}
+        source_config = load_config(resolve_config_path(config.source.config), TrainConfig, overrides)
+        state = _probe_policy(source_config.agent, source_config.env).state_dict()
+        agent = config.agent or source_config.agent
+        return _Source(None, source_config, state, agent, fingerprint_of(source_config.model_dump_json()))
+    source = load_source(config.source.path, trust=config.source.trust_source)
+    agent = config.agent or source_agent_config(source)
+    return _Source(source.path, None, source.state_dict, agent, digest(source.path)[:16])
+
+
+def _plan_target(
+    plan: StudyPlan,
+    source: _Source,
+    strategies: dict[str, StudyStrategy | str],
+    where: str,
+    target: StudyTarget,
+    label: str,
+    n_envs: int,
+) -> None:
+    """Check one target (game, threshold, mappability) and add its runs, every strategy x seed, to the plan."""
+    config = plan.config
+    env = {"id": target.id, "context": dict(target.context), "n_envs": n_envs}
+    check_env(EnvConfig(**env), where)
+    threshold = config.threshold if config.threshold != "env" else reward_threshold(target.id)
+    if threshold is None:
+        raise ConfigError(f"`{where}` {target.id} has no reward threshold; set the study's `threshold` to a return.")
+    plan.thresholds[label] = float(threshold)
+    policy = _probe_policy(source.agent, EnvConfig(**env))
+    mapping = map_weights(source.state, policy)
+    if not mapping.copied:  # (a strategy may still re-initialise everything on purpose, as a control)
+        raise TransferError(
+            f"`{where}` {target.id}: no layer of the source fits the target agent (source tensors "
+            f"{short_list(list(source.state), 8)}). Choose a target with compatible spaces or set `agent`."
+        )
+    for name, strategy in strategies.items():
+        layers = _resolve_layers(policy, strategy, set(mapping.reinitialised))
+        if isinstance(strategy, StudyStrategy):
+            _check_strategy_extras(strategy, source.state, source.agent, env)
+        overrides = strategy.agent if isinstance(strategy, StudyStrategy) else {}
+        plan.strategies.setdefault(name, {**layers, "agent": overrides})
+        agent = _strategy_agent(source.agent, strategy)
+        for seed in config.seed_list():
+            plan.runs.append(
+                _run_spec(config, plan.study_dir, label, name, seed, env, agent, layers, source.path, source.id)
+            )
+
+
+def _run_spec(
+    config: StudyConfig,
+    study_dir: Path,
+    label: str,
+    strategy: str,
+    seed: int,
+    env: dict[str, Any],
+    agent: AgentConfig,
+    layers: dict[str, Any],
+    source_path: Path | None,
+    source_id: str,
+) -> RunSpec:
+    run = {
+        "name": f"seed{seed}",
+        "seed": seed,
+        "device": config.device,
+        "log_root": str(study_dir / "runs" / label / strategy),
+        "budget": config.budget,
+        "env": copy.deepcopy(env),
+        "eval": {**config.eval.model_dump(), "patience": None, "threshold": None},
+        "agent": agent.model_dump(mode="json"),
+    }
+    run_dir = study_dir / "runs" / label / strategy / f"seed{seed}"
+    if strategy == "scratch":
+        return RunSpec(label, strategy, seed, "train", run, run_dir)
+    stage_eval = run["eval"]
+    run.update(
+        source=str(source_path) if source_path else str(study_dir / "source"),
+        freeze=layers["freeze"],
+        reinit=layers["reinit"],
+        unfreeze_at=layers["unfreeze_at"],
+        layer_map=layers.get("layer_map", {}),
+        chain=[
+            {
+                "env": {**stage["env"], "n_envs": env["n_envs"]},
+                "budget": stage["budget"],
+                "eval": stage["eval"] or stage_eval,
+            }
+            for stage in layers.get("chain", [])
+        ],
+        trust_source=bool(source_path and config.source.trust_source),
+    )
+    return RunSpec(label, strategy, seed, "transfer", run, run_dir, source_id)
+
+
+def fingerprint_of(text: str) -> str:
+    """A short digest that identifies a config (or any text) in stored results."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+

@@ -1,0 +1,124 @@
+"""``rltransfer study``: plan the runs, train the source, hand the pending runs to an executor, write the report.
+
+Every run of a study gets the same budget and evaluation schedule (no early stopping). Study directory
+``<log_root>/<name>/``: ``source/`` (when the study trains its source), ``runs/<target>/<strategy>/seed<k>/`` (one
+run directory each), ``study.yaml``, ``report.md``, ``report.json``, ``curves.png`` and ``summary/`` (TensorBoard).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rltransfer.core.config import coerce_config, dump_config
+from rltransfer.core.errors import TransferError
+from rltransfer.core.interrupt import Interrupted, stop_on_signals
+from rltransfer.core.io import write_text
+from rltransfer.study.config import StudyConfig
+from rltransfer.study.execute import execute_run, finished_result
+from rltransfer.study.executor import Executor, LocalExecutor
+from rltransfer.study.plan import RunSpec, StudyPlan, fingerprint_of, plan_study
+from rltransfer.study.report import StudyReport, build_report
+
+STUDY_CONFIG = "study.yaml"
+
+
+def run_study(
+    config: StudyConfig | str | Path | dict[str, Any],
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+    executor: Executor | None = None,
+) -> StudyReport:
+    """Run (or resume) a study and write its report. Runs go to `executor` (default: a local process pool
+    of `workers` processes, one per CPU core)."""
+    config = coerce_config(config, StudyConfig)
+    plan = plan_study(config)
+    plan.study_dir.mkdir(parents=True, exist_ok=True)
+    write_text(plan.study_dir / STUDY_CONFIG, dump_config(config))  # what --resume STUDY_DIR runs again
+    if plan.source_config is not None:
+        _train_source(plan)
+    results: dict[str, dict[str, Any]] = {}
+    pending = []
+    for spec in plan.runs:
+        stored = finished_result(spec.run_dir, spec.fingerprint)
+        if stored is not None:
+            results[spec.key] = stored
+        else:
+            pending.append(spec)
+    if results:
+        print(f"Resuming: {len(results)} of {len(plan.runs)} runs already finished.", flush=True)
+    if executor is None:
+        executor = LocalExecutor(workers) if workers else LocalExecutor()
+    started = time.perf_counter()
+    _execute(executor, pending, _Progress(results, len(plan.runs), progress), plan.study_dir)
+    described = f" with {executor.workers} workers" if isinstance(executor, LocalExecutor) else ""
+    print(f"{len(pending)} runs in {time.perf_counter() - started:.0f} s{described}.", flush=True)
+    return build_report(plan, results)
+
+
+@dataclass
+class _Progress:
+    """Collects the records the executor hands back and prints a line for each."""
+
+    results: dict[str, dict[str, Any]]
+    total: int
+    show: bool
+    stopped: list[int] = field(default_factory=list)
+
+    def __call__(self, spec: RunSpec, record: dict[str, Any]) -> None:
+        if record["status"] == "interrupted":
+            self.stopped.append(record["signal"])  # its checkpoint is in its run directory; the study stops
+            return
+        self.results[spec.key] = record
+        if not self.show:
+            return
+        if record["status"] == "finished":
+            line = f"final return {record['curve'][-1][1]:.1f}, best {record['best_mean_return']:.1f}"
+        else:
+            line = f"FAILED: {record['error']}"
+        print(f"[{len(self.results)}/{self.total}] {spec.key}: {line} ({record['seconds']:.0f} s)", flush=True)
+
+
+def _execute(executor: Executor, pending: list[RunSpec], progress: _Progress, study_dir: Path) -> None:
+    with stop_on_signals():
+        signum = executor.run(pending, progress) if pending else None
+    signum = signum if signum is not None else (progress.stopped[0] if progress.stopped else None)
+    if signum is not None:
+        finished = sum(1 for record in progress.results.values() if record["status"] == "finished")
+        raise Interrupted(
+            signum,
+            study_dir,
+            "study",
+            f" ({finished} of {progress.total} runs finished; runs in progress saved checkpoints)",
+        )
+    if any(str(record.get("error", "")).startswith("worker process died") for record in progress.results.values()):
+        print(
+            "A worker process died. If you started the study from a Python script, guard the call with "
+            '`if __name__ == "__main__":` (workers are started with the spawn method, which re-imports the script).',
+            file=sys.stderr,
+        )
+    sys.stdout.flush()
+
+
+def _train_source(plan: StudyPlan) -> Path:
+    """Train the study's source once; a finished source with the same config is reused."""
+    assert plan.source_config is not None
+    run_dir = plan.study_dir / "source"
+    fingerprint = fingerprint_of(plan.source_config.model_dump_json())
+    if finished_result(run_dir, fingerprint) is not None and (run_dir / "best_model.zip").exists():
+        print(f"Source: reusing {run_dir}", flush=True)
+        return run_dir
+    print(f"Source: training {plan.source_config.env.id} into {run_dir}", flush=True)
+    with stop_on_signals():
+        record = execute_run("train", plan.source_config.model_dump(mode="json"), str(run_dir), fingerprint)
+    if record["status"] == "interrupted":
+        raise Interrupted(record["signal"], plan.study_dir, "study", " while training the source")
+    if record["status"] != "finished":
+        raise TransferError(
+            f"The study's source failed to train: {record['error']}. See {run_dir / 'error.json'}."
+        )
+    return run_dir
