@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from rltransfer.core.config import resolve_config_path
+from rltransfer.core.config import load_config, resolve_config_path
 from rltransfer.core.errors import ConfigError, RLTransferError
 from rltransfer.core.interrupt import Interrupted
 
@@ -116,43 +116,44 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "envs":
-        from rltransfer.envs import describe_families
+    commands = {"envs": _envs, "layers": _layers, "image": _image, "study": _study}
+    return commands.get(args.command, _run)(args)
 
-        print(describe_families())
-        return 0
-    if args.command == "layers":
-        return _layers(args.agent)
-    if args.command == "image":
-        return _image(args)
-    from rltransfer.study.config import StudyConfig
+
+def _envs(_args: argparse.Namespace) -> int:
+    from rltransfer.envs import describe_families
+
+    print(describe_families())
+    return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    from rltransfer.study import STUDY_CONFIG, StudyConfig, run_study
+
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}.")
+    if args.resume:
+        if args.config or _overrides(args):
+            raise ConfigError(
+                "--resume continues a study with its own saved config; give only --resume STUDY_DIR."
+            )
+        saved = Path(args.resume) / STUDY_CONFIG
+        if not saved.is_file():
+            raise ConfigError(f"{args.resume} is not an rltransfer study directory (no {STUDY_CONFIG}).")
+        # the study lives where it is now, whatever log_root it was started with
+        where = Path(args.resume).resolve()
+        study = load_config(saved, StudyConfig, {"log_root": str(where.parent), "name": where.name})
+    elif not args.config:
+        raise ConfigError("rltransfer study needs a CONFIG (e.g. cartpole/study) or --resume STUDY_DIR.")
+    else:
+        study = load_config(resolve_config_path(args.config), StudyConfig, _overrides(args))
+    report = run_study(study, workers=args.workers)
+    return 1 if report.failed else 0
+
+
+def _run(args: argparse.Namespace) -> int:
     from rltransfer.rl.config import TrainConfig, TransferConfig
-    from rltransfer.core.config import load_config
 
-    if args.command == "study":
-        from rltransfer.study.plan import run_study
-
-        if args.workers is not None and args.workers < 1:
-            raise ConfigError(f"--workers must be at least 1, got {args.workers}.")
-        if args.resume:
-            from rltransfer.study.plan import STUDY_CONFIG
-
-            if args.config or _overrides(args):
-                raise ConfigError(
-                    "--resume continues a study with its own saved config; give only --resume STUDY_DIR."
-                )
-            saved = Path(args.resume) / STUDY_CONFIG
-            if not saved.is_file():
-                raise ConfigError(f"{args.resume} is not an rltransfer study directory (no {STUDY_CONFIG}).")
-            # the study lives where it is now, whatever log_root it was started with
-            where = Path(args.resume).resolve()
-            study = load_config(saved, StudyConfig, {"log_root": str(where.parent), "name": where.name})
-        elif not args.config:
-            raise ConfigError("rltransfer study needs a CONFIG (e.g. cartpole/study) or --resume STUDY_DIR.")
-        else:
-            study = load_config(resolve_config_path(args.config), StudyConfig, _overrides(args))
-        report = run_study(study, workers=args.workers)
-        return 1 if report.failed else 0
     model = TrainConfig if args.command == "train" else TransferConfig
     config = None
     if args.resume:
@@ -197,7 +198,6 @@ def _image(args: argparse.Namespace) -> int:
             f"rltransfer image takes one config, got extra arguments {args.images}. To classify images use "
             "`rltransfer image predict MODEL IMAGE...`."
         )
-    from rltransfer.core.config import load_config
     from rltransfer.vision.config import ImageConfig
     from rltransfer.vision.pipeline import run_image
 
@@ -219,10 +219,10 @@ def _image(args: argparse.Namespace) -> int:
     return 0
 
 
-def _layers(agent: str) -> int:
-    from rltransfer.rl.transfer import load_source
+def _layers(args: argparse.Namespace) -> int:
+    from rltransfer.rl.sources import load_source
 
-    source = load_source(agent)
+    source = load_source(args.agent)
     rows = [("tensor", "shape", "parameters")]
     for key, tensor in source.state_dict.items():
         rows.append((key, str(list(tensor.shape)), f"{tensor.numel():,}"))

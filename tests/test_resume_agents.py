@@ -62,7 +62,7 @@ def test_train_interrupt_then_resume(
     assert state["num_timesteps"] == 320 and state["callbacks"]["evaluation"]["curve"][-1]["step"] == 256
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     saved = torch.load(state_file(run), weights_only=True)["policy"]
-    monkeypatch.setattr(interrupt, "stop_requested", lambda: None)
+    monkeypatch.setattr(callbacks, "stop_requested", lambda: None)
     result = train(resume=run, progress_bar=False)
     assert result.timesteps >= 512 and [p["step"] for p in result.curve] == [0, 256, 512]
     assert eval_steps(run) == [0, 256, 512]  # TensorBoard's curve continues; no second step-0 evaluation
@@ -132,7 +132,7 @@ def test_transfer_with_frozen_layers_resumes(
     with pytest.raises(Interrupted, match="Stopped by SIGTERM.*rltransfer transfer --resume") as stop:
         transfer(tiny_transfer, progress_bar=False, verbose=False)
     assert stop.value.exit_code == 143
-    monkeypatch.setattr(interrupt, "stop_requested", lambda: None)
+    monkeypatch.setattr(callbacks, "stop_requested", lambda: None)
     result = transfer(resume=stop.value.run_dir, progress_bar=False, verbose=False)
     assert result.frozen_unchanged is True and result.timesteps >= 512
 
