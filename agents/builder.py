@@ -13,12 +13,12 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
 from rltransfer.agents.algorithms import ALGORITHMS
+from rltransfer.agents.config import AgentConfig
 from rltransfer.agents.dropout import add_dropout
 from rltransfer.agents.extractors import extractor_kwargs
-from rltransfer.agents.config import AgentConfig
+from rltransfer.agents.freezing import rebuild_optimizers
 from rltransfer.core.errors import ConfigError
 from rltransfer.core.optim import optimizer_class
-from rltransfer.agents.freezing import rebuild_optimizers
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,

@@ -13,8 +13,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from torch import nn
 
 from rltransfer.core.errors import ConfigError
-from rltransfer.core.layers import freeze_modules, layer_names, select_layers, unfreeze_modules
 from rltransfer.core.io import atomic_path
+from rltransfer.core.layers import freeze_modules, layer_names, select_layers, unfreeze_modules
 from rltransfer.core.optim import build_optimizer, l1_strength, trainable_parameters
 
 # (prefix of a layer, prefix of another copy of it that must be frozen with it)

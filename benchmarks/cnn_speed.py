@@ -16,11 +16,11 @@ import torch
 
 from rltransfer.agents import build_agent
 from rltransfer.agents.config import AgentConfig
-from rltransfer.rl.config import EnvConfig, TrainConfig
 from rltransfer.core.config import load_config, resolve_config_path
-from rltransfer.rl.environment import make_envs
 from rltransfer.core.device import resolve_device
 from rltransfer.core.io import write_json
+from rltransfer.rl.config import EnvConfig, TrainConfig
+from rltransfer.rl.environment import make_envs
 
 CASES = {
     # name: (env id, agent: a shipped config's agent or an explicit one, n_envs)

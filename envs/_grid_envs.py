@@ -9,8 +9,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from rltransfer.envs.grids import ATARI, DOORKEY, MINATAR
 from rltransfer.core.errors import ConfigError
+from rltransfer.envs.grids import ATARI, DOORKEY, MINATAR
 
 
 def _require(family: Any) -> None:

@@ -6,8 +6,8 @@ from typing import Any
 
 from gymnasium.error import DependencyNotInstalled
 
-from rltransfer.envs.lunarlander import FAMILY
 from rltransfer.core.errors import ConfigError
+from rltransfer.envs.lunarlander import FAMILY
 
 try:
     from gymnasium.envs.box2d.lunar_lander import LunarLander

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rltransfer.study.config import StudyConfig
-from rltransfer.rl.config import TrainConfig, TransferConfig
 from rltransfer.core.config import load_config, parse_config
 from rltransfer.core.errors import ConfigError
+from rltransfer.rl.config import TrainConfig, TransferConfig
+from rltransfer.study.config import StudyConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"

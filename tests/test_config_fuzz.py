@@ -8,10 +8,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rltransfer.study.config import StudyConfig
-from rltransfer.rl.config import TrainConfig, TransferConfig
 from rltransfer.core.config import load_config, parse_config
 from rltransfer.core.errors import ConfigError
+from rltransfer.rl.config import TrainConfig, TransferConfig
+from rltransfer.study.config import StudyConfig
 from rltransfer.vision.config import ImageConfig
 
 DIGITS = yaml.safe_load(

@@ -10,9 +10,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import rltransfer  # noqa: F401  (registers the ids)
+from rltransfer.envs import FAMILIES, describe_families
 from rltransfer.rl.config import EnvConfig
 from rltransfer.rl.environment import check_env_id, make_envs
-from rltransfer.envs import FAMILIES, describe_families
 
 IDS = sorted(env_id for family in FAMILIES.values() for env_id in family.ids())
 

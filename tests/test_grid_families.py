@@ -13,10 +13,10 @@ import torch
 import rltransfer
 from rltransfer.agents import build_agent
 from rltransfer.agents.config import AgentConfig
+from rltransfer.core.record import RunRecord
 from rltransfer.rl.config import EnvConfig
 from rltransfer.rl.environment import check_env_id, make_envs
 from rltransfer.rl.mapping import map_weights
-from rltransfer.rl.record import RunRecord
 from rltransfer.rl.sources import load_source
 
 pytest.importorskip("minatar")

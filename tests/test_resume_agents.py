@@ -15,13 +15,12 @@ import pytest
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
+from rltransfer.core.config import parse_config
+from rltransfer.core.errors import ConfigError, NumericalError
+from rltransfer.core.interrupt import Interrupted
 from rltransfer.rl import callbacks
 from rltransfer.rl.checkpoints import load_agent_checkpoint, read_agent_checkpoint, save_agent_checkpoint
-from rltransfer.core.errors import ConfigError
 from rltransfer.rl.config import TrainConfig
-from rltransfer.core.config import parse_config
-from rltransfer.core.errors import NumericalError
-from rltransfer.core.interrupt import Interrupted
 from rltransfer.rl.training import train
 
 
@@ -175,8 +174,8 @@ def test_nan_parameter_stops_training_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, tiny_train: dict
 ) -> None:
     from rltransfer.agents import build_agent
-    from rltransfer.rl.environment import make_envs
     from rltransfer.core.io import prepare_run_dir
+    from rltransfer.rl.environment import make_envs
     from rltransfer.rl.training import run_training
 
     config = parse_config(tiny_train, TrainConfig)
@@ -255,9 +254,9 @@ def test_sigkilled_training_resumes_from_its_last_evaluation_checkpoint(tmp_path
 def test_a_crash_in_the_middle_of_a_checkpoint_leaves_the_previous_one_whole(
     tmp_path: Path, monkeypatch
 ) -> None:
-    from rltransfer.rl import checkpoints
     from rltransfer.agents import build_agent
     from rltransfer.agents.config import AgentConfig
+    from rltransfer.rl import checkpoints
     from rltransfer.rl.environment import make_envs
 
     agent = AgentConfig(

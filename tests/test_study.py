@@ -10,10 +10,10 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import rltransfer.study.execute
-from rltransfer.study.config import StudyConfig
 from rltransfer.core.config import parse_config
 from rltransfer.core.errors import ConfigError, TransferError
 from rltransfer.study import run_study
+from rltransfer.study.config import StudyConfig
 
 SOURCE = {
     "budget": 512,

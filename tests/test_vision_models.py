@@ -12,8 +12,8 @@ from torch import nn
 pytest.importorskip("torchvision", reason="the vision extra is part of the test install (see README)")
 
 from rltransfer import frozen_layers  # noqa: E402
-from rltransfer.core.layers import count_parameters  # noqa: E402
 from rltransfer.core.errors import ConfigError, TransferError  # noqa: E402
+from rltransfer.core.layers import count_parameters  # noqa: E402
 from rltransfer.vision.config import StageConfig, TrainingConfig  # noqa: E402
 from rltransfer.vision.models import (  # noqa: E402
     TESTED_ARCHITECTURES,

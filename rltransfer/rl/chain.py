@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rltransfer.core.config import dump_config
+from rltransfer.core.record import RunRecord
 from rltransfer.rl.config import TransferConfig
 from rltransfer.rl.environment import check_env
-from rltransfer.rl.record import RunRecord
 
 StageState = Literal["finished", "interrupted", "new"]
 

@@ -15,8 +15,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from rltransfer.agents.freezing import optimizer_slots
 from rltransfer.core.errors import ConfigError
 from rltransfer.core.io import atomic_path, write_json
+from rltransfer.core.record import CHECKPOINT_DIR
 from rltransfer.core.state import cpu_copy, digest, rng_state, set_rng_state
-from rltransfer.rl.record import CHECKPOINT_DIR
 
 _BUFFER_FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 

@@ -10,9 +10,9 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 import rltransfer.envs  # noqa: F401  (registers the families)
-from rltransfer.rl.config import EnvConfig
-from rltransfer.envs.base import family_of
 from rltransfer.core.errors import ConfigError, did_you_mean
+from rltransfer.envs.base import family_of
+from rltransfer.rl.config import EnvConfig
 
 EVAL_SEED_OFFSET = 10_000
 

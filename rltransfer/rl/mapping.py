@@ -37,9 +37,7 @@ class LayerMapping:
             action += ", frozen" if covered(name, self.frozen) else ""
             rows.append((name, action, _shapes(shapes), _shapes(shapes)))
         for name, info in self.reinitialised.items():
-            action = f"re-initialised ({info['reason']})" + (
-                ", frozen" if covered(name, self.frozen) else ""
-            )
+            action = f"re-initialised ({info['reason']})" + (", frozen" if covered(name, self.frozen) else "")
             rows.append(
                 (name, action, _shapes(info["source"]) if info["source"] else "-", _shapes(info["target"]))
             )

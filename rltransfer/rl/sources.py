@@ -22,7 +22,7 @@ from rltransfer.agents.builder import ACTIVATIONS
 from rltransfer.agents.config import AgentConfig, PolicyConfig, parse_agent
 from rltransfer.core.config import load_yaml
 from rltransfer.core.errors import TransferError, short_list
-from rltransfer.rl.record import RECORD, RunRecord
+from rltransfer.core.record import RECORD, RunRecord
 
 
 @dataclass

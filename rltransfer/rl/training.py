@@ -1,6 +1,6 @@
 """Train an SB3 agent from a config: evaluation, early stopping, best model kept, TensorBoard, a run directory.
 
-What the run directory holds is described in :mod:`rltransfer.rl.record`. Checkpoints (``checkpoint/``) are
+What the run directory holds is described in :mod:`rltransfer.core.record`. Checkpoints (``checkpoint/``) are
 written after every evaluation; Ctrl-C or SIGTERM writes one and raises :class:`Interrupted`, and ``resume``
 continues from it. A NaN or infinite parameter stops the run with a :class:`NumericalError`, keeping the last
 good checkpoint.
@@ -30,6 +30,7 @@ from rltransfer.core.errors import ConfigError, NumericalError, RLTransferError
 from rltransfer.core.interrupt import Interrupted, stop_on_signals
 from rltransfer.core.io import prepare_run_dir, versions, write_text
 from rltransfer.core.layers import count_parameters
+from rltransfer.core.record import RunRecord
 from rltransfer.rl.callbacks import (
     Checkpointing,
     EvaluateAndKeepBest,
@@ -42,7 +43,6 @@ from rltransfer.rl.callbacks import (
 from rltransfer.rl.checkpoints import load_agent_checkpoint, read_agent_checkpoint
 from rltransfer.rl.config import RunConfig, TrainConfig
 from rltransfer.rl.environment import make_envs, reward_threshold
-from rltransfer.rl.record import RunRecord
 
 
 @dataclass
@@ -262,7 +262,10 @@ def _learn(
     try:
         with stop_on_signals():
             model.learn(
-                total_timesteps=steps, callback=callbacks, progress_bar=progress_bar, reset_num_timesteps=fresh
+                total_timesteps=steps,
+                callback=callbacks,
+                progress_bar=progress_bar,
+                reset_num_timesteps=fresh,
             )
             if checkpointing.signal is not None:
                 checkpointing.save()

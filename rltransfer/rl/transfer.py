@@ -22,12 +22,12 @@ from rltransfer.core.errors import ConfigError, LayerSelectionError, TransferErr
 from rltransfer.core.interrupt import Interrupted
 from rltransfer.core.io import prepare_run_dir, write_text
 from rltransfer.core.layers import select_layers
+from rltransfer.core.record import RunRecord
 from rltransfer.rl.callbacks import UnfreezeAt
 from rltransfer.rl.chain import chain_stage_config, check_chain, stage_state, stage_summary
 from rltransfer.rl.config import TransferConfig
 from rltransfer.rl.environment import make_envs
 from rltransfer.rl.mapping import LayerMapping, covered, describe_weights, map_weights
-from rltransfer.rl.record import RunRecord
 from rltransfer.rl.sources import SourceAgent, load_source, source_agent_config
 from rltransfer.rl.training import RunResult, resume_config, run_training
 

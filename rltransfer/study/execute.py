@@ -21,8 +21,8 @@ from rltransfer.core.config import parse_config
 from rltransfer.core.errors import ConfigError
 from rltransfer.core.interrupt import Interrupted
 from rltransfer.core.io import write_json
+from rltransfer.core.record import RunRecord
 from rltransfer.rl.config import TrainConfig, TransferConfig
-from rltransfer.rl.record import RunRecord
 from rltransfer.rl.training import train
 from rltransfer.rl.transfer import transfer
 

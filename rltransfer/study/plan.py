@@ -206,7 +206,12 @@ def _study_source(config: StudyConfig, study_dir: Path) -> _Source:
             "`source` needs exactly one of `config` (a train config to run first) or `path` (an agent)."
         )
     if config.source.config is not None:
-        overrides = {"name": "source", "log_root": str(study_dir), "seed": config.source.seed, "device": config.device}
+        overrides = {
+            "name": "source",
+            "log_root": str(study_dir),
+            "seed": config.source.seed,
+            "device": config.device,
+        }
         source_config = load_config(resolve_config_path(config.source.config), TrainConfig, overrides)
         state = _probe_policy(source_config.agent, source_config.env).state_dict()
         agent = config.agent or source_config.agent
@@ -231,7 +236,9 @@ def _plan_target(
     check_env(EnvConfig(**env), where)
     threshold = config.threshold if config.threshold != "env" else reward_threshold(target.id)
     if threshold is None:
-        raise ConfigError(f"`{where}` {target.id} has no reward threshold; set the study's `threshold` to a return.")
+        raise ConfigError(
+            f"`{where}` {target.id} has no reward threshold; set the study's `threshold` to a return."
+        )
     plan.thresholds[label] = float(threshold)
     policy = _probe_policy(source.agent, EnvConfig(**env))
     mapping = map_weights(source.state, policy)
@@ -249,7 +256,9 @@ def _plan_target(
         agent = _strategy_agent(source.agent, strategy)
         for seed in config.seed_list():
             plan.runs.append(
-                _run_spec(config, plan.study_dir, label, name, seed, env, agent, layers, source.path, source.id)
+                _run_spec(
+                    config, plan.study_dir, label, name, seed, env, agent, layers, source.path, source.id
+                )
             )
 
 
@@ -301,5 +310,3 @@ def _run_spec(
 def fingerprint_of(text: str) -> str:
     """A short digest that identifies a config (or any text) in stored results."""
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-

@@ -14,7 +14,6 @@ from matplotlib.figure import Figure
 from torch.utils.tensorboard import SummaryWriter
 
 from rltransfer.core.io import atomic_path, versions, write_json, write_text
-from rltransfer.study.plan import StudyPlan
 from rltransfer.study.metrics import (
     MIN_SEEDS,
     StrategyMetrics,
@@ -29,6 +28,8 @@ from rltransfer.study.metrics import (
     time_to_threshold,
     within_budget,
 )
+from rltransfer.study.plan import StudyPlan
+
 
 @dataclass
 class StudyReport:

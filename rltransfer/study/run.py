@@ -80,7 +80,9 @@ class _Progress:
             line = f"final return {record['curve'][-1][1]:.1f}, best {record['best_mean_return']:.1f}"
         else:
             line = f"FAILED: {record['error']}"
-        print(f"[{len(self.results)}/{self.total}] {spec.key}: {line} ({record['seconds']:.0f} s)", flush=True)
+        print(
+            f"[{len(self.results)}/{self.total}] {spec.key}: {line} ({record['seconds']:.0f} s)", flush=True
+        )
 
 
 def _execute(executor: Executor, pending: list[RunSpec], progress: _Progress, study_dir: Path) -> None:
@@ -95,7 +97,9 @@ def _execute(executor: Executor, pending: list[RunSpec], progress: _Progress, st
             "study",
             f" ({finished} of {progress.total} runs finished; runs in progress saved checkpoints)",
         )
-    if any(str(record.get("error", "")).startswith("worker process died") for record in progress.results.values()):
+    if any(
+        str(record.get("error", "")).startswith("worker process died") for record in progress.results.values()
+    ):
         print(
             "A worker process died. If you started the study from a Python script, guard the call with "
             '`if __name__ == "__main__":` (workers are started with the spawn method, which re-imports the script).',

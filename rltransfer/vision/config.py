@@ -10,7 +10,6 @@ from rltransfer.core.config import NAME_PATTERN, Section, check_device
 from rltransfer.core.optim import OptimizerName
 
 
-
 class ModelConfig(Section):
     """The network: an architecture, optional starting weights, dropout before the new head."""
 

@@ -3,7 +3,6 @@ with a network trained from scratch on the same labels, and write the model, rep
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 import time
@@ -13,13 +12,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 
-from rltransfer.core.config import dump_config, load_config, parse_config, resolve_config_path
+from rltransfer.core.config import coerce_config, dump_config, load_config
 from rltransfer.core.device import resolve_device
 from rltransfer.core.errors import ConfigError
 from rltransfer.core.interrupt import Interrupted, stop_on_signals
 from rltransfer.core.io import atomic_path, prepare_run_dir, versions, write_json, write_text
+from rltransfer.core.record import RunRecord
 from rltransfer.vision.cache import FeatureCache
 from rltransfer.vision.config import DataConfig, ImageConfig, StageConfig
 from rltransfer.vision.data import DataError, Preprocessing, TaskData, build_transform, load_task, open_image
@@ -104,27 +106,13 @@ def run_image(
     started = time.perf_counter()
     checkpoint: dict[str, Any] | None = None
     if resume is not None:
-        run_dir = Path(resume)
-        checkpoint = read_checkpoint(run_dir)
-        config = load_config(run_dir / "config.yaml", ImageConfig)
-        custom = checkpoint.get("custom")
-        if custom != (type(model).__name__ if model is not None else None):
-            raise ConfigError(
-                f"{run_dir} was trained with "
-                + (
-                    f"your own module {custom}: resume it from Python, run_image(resume=..., model={custom}(...))."
-                    if custom
-                    else f"`model.arch: {config.model.arch}`; resume it without a module."
-                )
-            )
-    elif isinstance(config, dict):
-        config = parse_config(config, ImageConfig)
-    elif isinstance(config, (str, Path)):
-        config = load_config(resolve_config_path(str(config)), ImageConfig)
-    if not isinstance(config, ImageConfig):
+        config, checkpoint = _resumed(Path(resume), model)
+    elif not isinstance(config, (ImageConfig, dict, str, Path)):
         raise ConfigError(
             "run_image needs a config (an ImageConfig, a YAML path or a mapping) or resume=RUN_DIR."
         )
+    else:
+        config = coerce_config(config, ImageConfig, packaged=True)
     device = resolve_device(config.device)
     target = load_task(config.data, config.model.arch, config.seed, "data")
     source_task = (
@@ -133,19 +121,12 @@ def run_image(
         else None
     )
     done: dict[str, PhaseResult] = {}
+    first = None
     if checkpoint is not None:
+        run_dir = Path(resume)  # type: ignore[arg-type]
         done = {name: phase_from_dict(item) for name, item in checkpoint["done"].items()}
-    else:
-        # the first network is built before anything is written: a bad architecture or weights file stops here
-        seed_everything(config.seed)
-        first = _network(config, source_task or target, config.model.weights, model)
-        heads = [first[1].head, *first[1].aux_heads]
-        for where, stages in (
-            ("source.stages", config.source.stages if config.source else []),
-            ("stages", config.stages),
-            ("baseline.stages", config.baseline.stages if config.baseline.enabled else []),
-        ):
-            check_stages(first[0], heads, stages, where)
+    else:  # the first network is built before anything is written: a bad architecture or weights file stops here
+        first = _first_network(config, source_task or target, model)
         run_dir = prepare_run_dir(config.log_root, config.name)
         write_text(run_dir / "config.yaml", dump_config(config))
     cache = FeatureCache(Path(config.cache_dir) if config.cache == "disk" else None)
@@ -157,24 +138,85 @@ def run_image(
     context = _Context(
         config, device, run_dir, cache, progress, log, done, type(model).__name__ if model else None
     )
-    record = {"kind": "image", "status": "running", "command": sys.argv, "versions": versions()}
-    write_json(run_dir / "run.json", record)
-    # the phases in order: name, data, stages, whether its model is saved
+    record = RunRecord(run_dir)
+    record.update(kind="image", status="running", command=sys.argv, versions=versions())
+    _run_phases(context, record, _phases(config, source_task, target), checkpoint, model, first)
+    result = ImageResult(
+        run_dir, target.classes, done["transfer"], done.get("source"), done.get("scratch"), cache.hits,
+        cache.misses, time.perf_counter() - started,
+    )  # fmt: skip
+    _report(config, result)
+    record.update(status="finished", seconds=round(result.seconds, 2), accuracy=result.transfer.accuracy)
+    (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    return result
+
+
+def _resumed(run_dir: Path, model: nn.Module | None) -> tuple[ImageConfig, dict[str, Any]]:
+    """The config and checkpoint of an interrupted run, checked against the module it is resumed with."""
+    checkpoint = read_checkpoint(run_dir)
+    config = load_config(run_dir / "config.yaml", ImageConfig)
+    custom = checkpoint.get("custom")
+    if custom != (type(model).__name__ if model is not None else None):
+        raise ConfigError(
+            f"{run_dir} was trained with "
+            + (
+                f"your own module {custom}: resume it from Python, run_image(resume=..., model={custom}(...))."
+                if custom
+                else f"`model.arch: {config.model.arch}`; resume it without a module."
+            )
+        )
+    return config, checkpoint
+
+
+def _first_network(
+    config: ImageConfig, task: TaskData, model: nn.Module | None
+) -> tuple[nn.Module, ModelSpec, str | None]:
+    """The first phase's network, with every stage's layer selectors checked against it."""
+    seed_everything(config.seed)
+    first = _network(config, task, config.model.weights, model)
+    heads = [first[1].head, *first[1].aux_heads]
+    for where, stages in (
+        ("source.stages", config.source.stages if config.source else []),
+        ("stages", config.stages),
+        ("baseline.stages", config.baseline.stages if config.baseline.enabled else []),
+    ):
+        check_stages(first[0], heads, stages, where)
+    return first
+
+
+def _phases(
+    config: ImageConfig, source_task: TaskData | None, target: TaskData
+) -> list[tuple[str, TaskData, DataConfig, list[StageConfig], bool]]:
+    """The phases in order: name, data, its config, stages, whether its model is saved."""
     plan: list[tuple[str, TaskData, DataConfig, list[StageConfig], bool]] = []
     if source_task is not None and config.source is not None:
         plan.append(("source", source_task, config.source.data, config.source.stages, True))
     plan.append(("transfer", target, config.data, config.stages, True))
     if config.baseline.enabled:
         plan.append(("scratch", target, config.data, config.baseline.stages, False))
+    return plan
+
+
+def _run_phases(
+    context: _Context,
+    record: RunRecord,
+    plan: list[tuple[str, TaskData, DataConfig, list[StageConfig], bool]],
+    checkpoint: dict[str, Any] | None,
+    model: nn.Module | None,
+    first: tuple[nn.Module, ModelSpec, str | None] | None,
+) -> None:
+    """Run the phases not done yet, each from a fresh network (the first one's was built already), keeping
+    the record's status in step with what happens."""
+    config, done = context.config, context.done
     try:
         with stop_on_signals():
-            for position, (name, task, data, stages, save) in enumerate(plan):
+            for name, task, data, stages, save in plan:
                 if name in done:
                     continue
                 state = (
                     checkpoint["state"] if checkpoint is not None and checkpoint["phase"] == name else None
                 )
-                if position > 0 or checkpoint is not None:  # the first phase's network was built above
+                if first is None:
                     seed_everything(config.seed)
                     if name == "scratch":
                         first = _network(config, task, None, model, fresh=True)
@@ -183,33 +225,17 @@ def run_image(
                     else:
                         first = _network(config, task, config.model.weights, model)
                 done[name] = _phase(context, name, task, data, stages, first, save, state)
+                first = None
                 _write_checkpoint(context, name, None)
     except StopForSignal as stop:
         record.update(status="interrupted", signal=stop.signum)
-        write_json(run_dir / "run.json", record)
-        raise Interrupted(stop.signum, run_dir, "image", stop.detail) from None
+        raise Interrupted(stop.signum, context.run_dir, "image", stop.detail) from None
     except BaseException as error:
         stopped = isinstance(
             error, KeyboardInterrupt
         )  # a second Ctrl-C: no new checkpoint, the last one stays
         record.update(status="interrupted" if stopped else "failed", error=f"{type(error).__name__}: {error}")
-        write_json(run_dir / "run.json", record)
         raise
-    result = ImageResult(
-        run_dir,
-        target.classes,
-        done["transfer"],
-        done.get("source"),
-        done.get("scratch"),
-        cache.hits,
-        cache.misses,
-    )
-    result.seconds = time.perf_counter() - started
-    _report(config, result)
-    record.update(status="finished", seconds=round(result.seconds, 2), accuracy=result.transfer.accuracy)
-    write_json(run_dir / "run.json", record)
-    (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
-    return result
 
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -223,7 +249,7 @@ def read_checkpoint(run_dir: Path) -> dict[str, Any]:
             f"{run_dir} is not an rltransfer image run (no config.yaml). Give the run directory."
         )
     if not path.is_file():
-        status = _status(run_dir)
+        status = RunRecord.read(run_dir).status
         raise ConfigError(
             f"{run_dir} has no checkpoint to resume ({'the run finished' if status == 'finished' else 'it stopped before its first checkpoint'}). "
             "Start it again with `rltransfer image CONFIG`."
@@ -238,14 +264,6 @@ def read_checkpoint(run_dir: Path) -> dict[str, Any]:
             "Start the run again with `rltransfer image CONFIG`."
         ) from None
     return checkpoint
-
-
-def _status(run_dir: Path) -> str | None:
-    try:
-        record = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return record.get("status") if isinstance(record, dict) else None
 
 
 def _write_checkpoint(context: _Context, phase: str, state: dict[str, Any] | None) -> None:
@@ -312,58 +330,24 @@ def _phase(
     save: bool = True,
     resume: dict[str, Any] | None = None,
 ) -> PhaseResult:
-    from torch.utils.tensorboard import SummaryWriter
-
-    config, device, run_dir, cache = context.config, context.device, context.run_dir, context.cache
-    progress, log = context.progress, context.log
+    """Train one network through its stages, score it on the test (else validation) set, save it."""
+    config, run_dir = context.config, context.run_dir
     model, spec, weights = network
-    prep = task.preprocessing
     writer = SummaryWriter(str(run_dir / name))
     trainer = Trainer(
-        model=model,
-        heads=[spec.head, *spec.aux_heads],
-        num_classes=spec.num_classes,
-        training=config.training,
-        device=device,
-        prep=prep,
-        batch_size=data.batch_size,
-        workers=data.workers,
-        cache_mode=config.cache,
-        cache=cache,
-        augmenting=data.augment.active(),
-        frozen_batchnorm=config.model.frozen_batchnorm,
-        writer=writer,
-        seed=config.seed,
-        progress=progress,
-        label=name,
-        log=log,
-        checkpoint=lambda state: _write_checkpoint(context, name, state),
+        model=model, heads=[spec.head, *spec.aux_heads], num_classes=spec.num_classes, training=config.training,
+        device=context.device, prep=task.preprocessing, batch_size=data.batch_size, workers=data.workers,
+        cache_mode=config.cache, cache=context.cache, augmenting=data.augment.active(),
+        frozen_batchnorm=config.model.frozen_batchnorm, writer=writer, seed=config.seed, progress=context.progress,
+        label=name, log=context.log, checkpoint=lambda state: _write_checkpoint(context, name, state),
         checkpoint_seconds=config.checkpoint_seconds,
-    )
+    )  # fmt: skip
     try:
         results = trainer.run_stages(stages, task.train, task.val, resume)
         evaluated_on = "test" if task.test is not None else "validation"
-        predicted, truth = trainer.predictions(task.test if task.test is not None else task.val)
-        accuracy = float((predicted == truth).float().mean())
-        confusion = confusion_matrix(predicted, truth, len(task.classes))
-        writer.add_scalar(f"{evaluated_on}/accuracy", accuracy, trainer.epoch)
-        figure = confusion_figure(confusion, task.classes, f"{name}: {evaluated_on} accuracy {accuracy:.3f}")
-        with atomic_path(run_dir / f"confusion-{name}.png", suffix=".png") as tmp:
-            figure.savefig(tmp, dpi=100, format="png")
-        writer.add_figure(f"{evaluated_on}/confusion_matrix", figure, trainer.epoch, close=True)
+        accuracy, confusion = _score(trainer, writer, task, name, evaluated_on, run_dir)
         writer.add_hparams(
-            {
-                "phase": name,
-                "arch": spec.arch,
-                "weights": str(weights or "random"),
-                "stages": " -> ".join(f"{s.name}[{','.join(s.train)}]@{s.lr:g}" for s in stages),
-                "dropout": config.model.dropout,
-                "optimizer": config.training.optimizer,
-                "weight_decay": config.training.weight_decay,
-                "l1": config.training.l1,
-                "center_loss": config.training.center_loss,
-                "train_images": len(task.train),
-            },
+            _phase_hparams(config, name, spec, weights, stages, len(task.train)),
             {
                 f"hparams/{evaluated_on}_accuracy": accuracy,
                 "hparams/best_val_accuracy": results[-1].best_val_accuracy,
@@ -376,10 +360,47 @@ def _phase(
     if save:
         model_dir = run_dir / ("model" if name == "transfer" else f"{name}-model")
         save_classifier(trainer.model, spec, model_dir)
-    log(f"{name}: {evaluated_on} accuracy {accuracy:.3f}")
+    context.log(f"{name}: {evaluated_on} accuracy {accuracy:.3f}")
     return PhaseResult(
         name, results, accuracy, evaluated_on, str(model_dir) if model_dir else None, confusion.tolist()
     )
+
+
+def _score(
+    trainer: Trainer, writer: SummaryWriter, task: TaskData, name: str, evaluated_on: str, run_dir: Path
+) -> tuple[float, np.ndarray]:
+    """Accuracy and confusion matrix on the held-out set, written as confusion-NAME.png and to TensorBoard."""
+    predicted, truth = trainer.predictions(task.test if task.test is not None else task.val)
+    accuracy = float((predicted == truth).float().mean())
+    confusion = confusion_matrix(predicted, truth, len(task.classes))
+    writer.add_scalar(f"{evaluated_on}/accuracy", accuracy, trainer.epoch)
+    figure = confusion_figure(confusion, task.classes, f"{name}: {evaluated_on} accuracy {accuracy:.3f}")
+    with atomic_path(run_dir / f"confusion-{name}.png", suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=100, format="png")
+    writer.add_figure(f"{evaluated_on}/confusion_matrix", figure, trainer.epoch, close=True)
+    return accuracy, confusion
+
+
+def _phase_hparams(
+    config: ImageConfig,
+    name: str,
+    spec: ModelSpec,
+    weights: str | None,
+    stages: list[StageConfig],
+    images: int,
+) -> dict[str, Any]:
+    return {
+        "phase": name,
+        "arch": spec.arch,
+        "weights": str(weights or "random"),
+        "stages": " -> ".join(f"{s.name}[{','.join(s.train)}]@{s.lr:g}" for s in stages),
+        "dropout": config.model.dropout,
+        "optimizer": config.training.optimizer,
+        "weight_decay": config.training.weight_decay,
+        "l1": config.training.l1,
+        "center_loss": config.training.center_loss,
+        "train_images": images,
+    }
 
 
 def save_classifier(model: nn.Module, spec: ModelSpec, folder: Path) -> None:
@@ -398,15 +419,11 @@ def confusion_matrix(predicted: torch.Tensor, truth: torch.Tensor, num_classes: 
     return counts
 
 
-def confusion_figure(counts: np.ndarray, classes: list[str], title: str) -> Any:
+def confusion_figure(counts: np.ndarray, classes: list[str], title: str) -> Figure:
     """A matplotlib figure of the confusion matrix (rows: true class, columns: predicted)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     size = max(3.5, 0.45 * len(classes) + 2)
-    figure, axes = plt.subplots(figsize=(size, size))
+    figure = Figure(figsize=(size, size))
+    axes = figure.subplots()
     axes.imshow(counts, cmap="Blues")
     ticks = range(len(classes))
     axes.set_xticks(list(ticks), classes, rotation=90 if len(classes) > 10 else 0)

@@ -12,11 +12,11 @@ from torch import nn
 
 from rltransfer.core.errors import ConfigError, LayerSelectionError, NumericalError
 from rltransfer.core.layers import (
-    split_pinned_ancestors,
-    unpin_eval,
     freeze_modules,
     select_layers,
+    split_pinned_ancestors,
     unfreeze,
+    unpin_eval,
 )
 from rltransfer.core.optim import L1Penalty, optimizer_class
 from rltransfer.vision.config import StageConfig, TrainingConfig

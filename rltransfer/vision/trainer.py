@@ -173,7 +173,8 @@ class Trainer:
                 break
             if stage_epoch < stage.epochs:
                 self._checkpoint_if_due(
-                    lambda epoch=stage_epoch: self._snapshot(state.index, epoch, state.done, state), stage.name
+                    lambda epoch=stage_epoch: self._snapshot(state.index, epoch, state.done, state),
+                    stage.name,
                 )
         bar.close()
         return stage_epoch, stopped
