@@ -33,6 +33,26 @@ def tiny_train(tmp_path: Path) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(scope="session")
+def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished rltransfer run (PPO on CartPole, 512 steps, seed 0) shared by the whole session: tests read
+    it as a source and never write into it."""
+    import rltransfer
+
+    log_root = tmp_path_factory.mktemp("shared-source")
+    config = {
+        "name": "tiny-source",
+        "seed": 0,
+        "device": "cpu",
+        "log_root": str(log_root),
+        "budget": 512,
+        "env": {"id": "rltransfer/CartPole-v1", "n_envs": 4},
+        "eval": {"every": 256, "episodes": 2, "patience": None},
+        "agent": copy.deepcopy(TINY_AGENT),
+    }
+    return rltransfer.train(config, progress_bar=False).run_dir
+
+
 @pytest.fixture
 def tiny_transfer(tmp_path: Path) -> dict[str, Any]:
     """A transfer config mapping without its source (set `source` in the test)."""

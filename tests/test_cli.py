@@ -66,6 +66,7 @@ def test_train_then_transfer_with_the_shipped_configs(tmp_path: Path) -> None:
     assert layers.returncode == 0 and "mlp_extractor.policy_net.0.weight" in layers.stdout
 
 
+@pytest.mark.slow
 def test_envs_lists_the_family(tmp_path: Path) -> None:
     result = cli("envs", cwd=tmp_path)
     assert result.returncode == 0 and "rltransfer/CartPoleLongPole-v1" in result.stdout

@@ -17,7 +17,11 @@ from rltransfer.rl.environment import check_env_id, make_envs
 IDS = sorted(env_id for family in FAMILIES.values() for env_id in family.ids())
 
 
-@pytest.mark.parametrize("env_id", IDS)
+@pytest.mark.parametrize(
+    "env_id",
+    # one Atari game in the fast tier: each takes a second or two to emulate
+    [pytest.param(i, marks=pytest.mark.slow) if "Atari" in i and "Pong" not in i else i for i in IDS],
+)
 def test_every_registered_id_passes_the_env_checker(env_id: str) -> None:
     from rltransfer.envs import family_of
 

@@ -246,6 +246,7 @@ def doorkey_chain(tmp_path, **extra) -> tuple:
     return source, config
 
 
+@pytest.mark.slow
 def test_a_two_stage_chain_runs_end_to_end(tmp_path) -> None:
     source, config = doorkey_chain(tmp_path, freeze=["mlp_extractor.policy_net.0"])
     result = rltransfer.transfer(config, progress_bar=False, verbose=False)
@@ -287,6 +288,7 @@ def test_a_bad_chain_is_refused_before_anything_trains(tmp_path, chain, message)
     assert not (tmp_path / "runs" / "bad-chain").exists()
 
 
+@pytest.mark.slow
 def test_atari_smoke_nature_cnn_and_a_new_head(tmp_path) -> None:
     pytest.importorskip("ale_py")
     pytest.importorskip("cv2")
@@ -313,6 +315,7 @@ def test_a_transfer_run_is_a_source_with_its_agent(breakout_source, tmp_path) ->
     assert load_source(first.run_dir).agent == AgentConfig.model_validate(CNN_AGENT)
 
 
+@pytest.mark.slow
 def test_an_interrupted_chain_resumes_reusing_its_finished_stages(tmp_path, monkeypatch, capsys) -> None:
     import signal
 

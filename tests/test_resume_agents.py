@@ -121,12 +121,11 @@ def test_checkpoint_round_trip_for_every_algorithm(
 
 
 def test_transfer_with_frozen_layers_resumes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_train: dict, tiny_transfer: dict
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_source: Path, tiny_transfer: dict
 ) -> None:
     from rltransfer.rl.transfer import transfer
 
-    source = train(tiny_train, progress_bar=False)
-    tiny_transfer.update(source=str(source.run_dir), freeze=["mlp_extractor.policy_net.0"])
+    tiny_transfer.update(source=str(tiny_source), freeze=["mlp_extractor.policy_net.0"])
     stop_after(monkeypatch, 70, signal.SIGTERM)
     with pytest.raises(Interrupted, match="Stopped by SIGTERM.*rltransfer transfer --resume") as stop:
         transfer(tiny_transfer, progress_bar=False, verbose=False)
@@ -206,6 +205,7 @@ with atomic_path(sys.argv[1]) as tmp:
 """
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_save_leaves_the_old_file_whole(tmp_path: Path) -> None:
     target = tmp_path / "run.json"
     target.write_text('{"status": "old"}')

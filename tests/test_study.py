@@ -48,6 +48,7 @@ def study(tmp_path: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_tiny_study_in_parallel_writes_report_plot_and_tensorboard(study, capsys) -> None:
     report = run_study(study, workers=2)
     out = capsys.readouterr().out
@@ -74,6 +75,7 @@ def test_tiny_study_in_parallel_writes_report_plot_and_tensorboard(study, capsys
     assert (report.study_dir / "runs" / "short" / "finetune" / "seed1" / "best_model.zip").exists()
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_runs(study, capsys) -> None:
     run_study(study, workers=1)
     first = report_dir = Path(study["log_root"]) / "tiny-study"
@@ -88,6 +90,7 @@ def test_resume_skips_finished_runs(study, capsys) -> None:
     assert kept.stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_reported_without_losing_the_others(study, monkeypatch, capsys) -> None:
     real_train = rltransfer.study.execute.train
 
@@ -154,6 +157,7 @@ def test_bad_studies_are_rejected_before_any_run(study, change, error, expected)
     assert not Path(study["log_root"]).exists()
 
 
+@pytest.mark.slow
 def test_a_changed_source_invalidates_stored_transfer_results(study, capsys) -> None:
     run_study(study, workers=1)
     study["source"]["seed"] = 5  # another source agent: every transfer run must run again, scratch need not
@@ -200,6 +204,7 @@ def test_study_interrupted_by_signal_resumes_its_runs_from_checkpoints(study, tm
         assert record["status"] == "finished" and record["resumed_from"] > 0
 
 
+@pytest.mark.slow
 def test_a_study_compares_a_chain_with_direct_transfer(study) -> None:
     study["strategies"] = [
         "finetune",

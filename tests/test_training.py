@@ -79,12 +79,11 @@ def tensorboard_tags(run_dir) -> dict[str, list[str]]:
     return accumulator.Tags()
 
 
-def test_tensorboard_events_hold_the_expected_tags(tiny_train, tiny_transfer) -> None:
-    source = rltransfer.train(tiny_train, progress_bar=False)
-    tiny_transfer.update(source=str(source.run_dir), freeze=["mlp_extractor.policy_net.0"])
+def test_tensorboard_events_hold_the_expected_tags(tiny_source, tiny_transfer) -> None:
+    tiny_transfer.update(source=str(tiny_source), freeze=["mlp_extractor.policy_net.0"])
     target = rltransfer.transfer(tiny_transfer, progress_bar=False, verbose=False)
-    for run in (source, target):
-        tags = tensorboard_tags(run.run_dir)
+    for run_dir in (tiny_source, target.run_dir):
+        tags = tensorboard_tags(run_dir)
         for tag in (
             "eval/mean_reward",
             "params/trainable",
@@ -94,7 +93,7 @@ def test_tensorboard_events_hold_the_expected_tags(tiny_train, tiny_transfer) ->
         ):
             assert tag in tags["scalars"], tag
         assert "config/text_summary" in tags["tensors"]
-        assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= plugin_tags(run.run_dir, "hparams")
+        assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= plugin_tags(run_dir, "hparams")
     assert "transfer/layers/text_summary" in tensorboard_tags(target.run_dir)["tensors"]
     frozen = EventAccumulator(str(target.run_dir)).Reload().Scalars("params/frozen")
     assert frozen[0].value == 16 * 4 + 16  # the frozen first layer: 4 inputs x 16 units + bias

@@ -25,6 +25,7 @@ def plain_sb3_source(tmp_path, env_id: str = "CartPole-v1") -> tuple[str, dict[s
     return str(path), {k: v.clone() for k, v in model.policy.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_plain_sb3_zip_is_a_source_and_frozen_layers_stay_bit_identical(tmp_path, tiny_transfer) -> None:
     path, source_state = plain_sb3_source(tmp_path)
     tiny_transfer.update(source=path, freeze=["mlp_extractor.policy_net.0", "mlp_extractor.value_net.*"])

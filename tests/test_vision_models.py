@@ -23,7 +23,7 @@ from rltransfer.vision.models import (  # noqa: E402
     build_classifier,
     set_classes,
 )
-from rltransfer.vision.trainer import build_stage_optimizer, configure_stage  # noqa: E402
+from rltransfer.vision.stages import build_stage_optimizer, configure_stage  # noqa: E402
 
 # the smallest inputs that exercise every path (auxiliary heads included) quickly on a CPU
 SIZES = {"inception_v3": 299, "vit_b_16": 224}
@@ -39,7 +39,13 @@ EXPECTED_HEADS = {
 }
 
 
-@pytest.mark.parametrize("arch", TESTED_ARCHITECTURES)
+@pytest.mark.parametrize(
+    "arch",
+    [
+        pytest.param(arch, marks=pytest.mark.slow) if arch in ("vit_b_16", "inception_v3") else arch
+        for arch in TESTED_ARCHITECTURES
+    ],
+)
 def test_replace_head_and_freeze_the_trunk(arch: str) -> None:
     torch.manual_seed(0)
     model = build_architecture(arch)

@@ -168,6 +168,7 @@ def tiny_digits_config(tmp_path: Path, **extra: object) -> ImageConfig:
     return load_config(resolve_config_path("images/digits"), ImageConfig, overrides)
 
 
+@pytest.mark.slow
 def test_digits_demo_end_to_end(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -291,6 +292,7 @@ def test_cli_image_and_predict(tmp_path: Path) -> None:
     assert list(fresh.iterdir()) == []  # the model is checked before the run directory is made
 
 
+@pytest.mark.slow
 def test_folder_config_with_resnet18_runs_on_an_image_folder(tmp_path: Path) -> None:
     from rltransfer.core.config import load_config, resolve_config_path
 
@@ -405,6 +407,7 @@ def test_center_loss_pulls_features_to_their_class_centers() -> None:
     assert torch.allclose(loss.centers.detach(), class_means, atol=0.05)
 
 
+@pytest.mark.slow
 def test_disk_cache_hits_and_misses_give_the_same_model(tmp_path: Path) -> None:
     """Computing features must not move the random stream: a cache hit and a miss train the same head."""
     first = run_image(
@@ -460,6 +463,7 @@ def test_image_config_mistakes_are_caught_before_anything_runs(tmp_path: Path) -
     assert not (tmp_path / "runs").exists()  # nothing written, no source trained
 
 
+@pytest.mark.slow
 def test_weights_from_an_image_run_directory(tmp_path: Path) -> None:
     source = run_image(
         tiny_digits_config(tmp_path, name="src", **{"baseline.enabled": False}),
