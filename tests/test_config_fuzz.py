@@ -8,7 +8,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rltransfer.core.config import load_config, parse_config
+from rltransfer.core.config import dump_config, load_config, parse_config
 from rltransfer.core.errors import ConfigError
 from rltransfer.rl.config import TrainConfig, TransferConfig
 from rltransfer.study.config import StudyConfig
@@ -109,17 +109,82 @@ def test_random_text_files_are_accepted_or_clearly_rejected(tmp_path_factory, te
         pass
 
 
+def _parsed(data: object, model: type) -> str:
+    """The parsed config as JSON, or the error it raised (the same input must give the same answer)."""
+    try:
+        return parse_config(data, model, "fuzz.yaml").model_dump_json()  # type: ignore[arg-type]
+    except ConfigError as error:
+        return f"error: {error}"
+
+
 @FAST
 @given(configs)
 def test_yaml_round_trip_of_random_configs(data) -> None:
     try:
-        text = yaml.safe_dump(data)
+        text = yaml.safe_dump(data, sort_keys=False)
     except yaml.YAMLError:
         return
-    try:
-        parse_config(yaml.safe_load(text) or {}, TrainConfig, "fuzz.yaml")
-    except ConfigError:
-        pass
+    assert _parsed(yaml.safe_load(text) or {}, TrainConfig) == _parsed(data, TrainConfig)
+
+
+finite = st.floats(0.0, 1.0, allow_nan=False)
+valid_train = st.fixed_dictionaries(
+    {
+        "name": st.from_regex(r"[A-Za-z0-9_.-]{1,12}", fullmatch=True),
+        "budget": st.integers(5000, 10**7),
+        "env": st.fixed_dictionaries(
+            {"id": st.sampled_from(["CartPole-v1", "rltransfer/CartPoleLongPole-v1"])},
+            optional={
+                "n_envs": st.integers(1, 16),
+                "context": st.dictionaries(st.sampled_from(["pole_length", "masscart"]), st.floats(0.1, 5.0)),
+            },
+        ),
+    },
+    optional={
+        "seed": st.integers(0, 10**6),
+        "device": st.sampled_from(["auto", "cpu", "cuda:1"]),
+        "eval": st.fixed_dictionaries(
+            {},
+            optional={
+                "every": st.integers(1, 1000),
+                "episodes": st.integers(1, 20),
+                "patience": st.none() | st.integers(1, 10),
+                "threshold": st.none() | st.just("env") | st.floats(-1e3, 1e3, allow_nan=False),
+            },
+        ),
+        "agent": st.fixed_dictionaries(
+            {"algo": st.sampled_from(["ppo", "a2c", "dqn"])},
+            optional={
+                "policy": st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "hidden": st.lists(st.integers(1, 256), max_size=3),
+                        "dropout": st.floats(0.0, 0.9),
+                        "activation": st.sampled_from(["tanh", "relu", "gelu"]),
+                    },
+                ),
+                "optimizer": st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "name": st.sampled_from(["adam", "adamw", "rmsprop"]),
+                        "lr": finite,
+                        "weight_decay": finite,
+                        "l1": finite,
+                    },
+                ),
+            },
+        ),
+    },
+)
+
+
+@FAST
+@given(valid_train)
+def test_a_saved_config_reads_back_as_the_same_config(data) -> None:
+    config = parse_config(data, TrainConfig, "fuzz.yaml")
+    text = dump_config(config)
+    again = parse_config(yaml.safe_load(text), TrainConfig, "config.yaml")
+    assert again == config and dump_config(again) == text
 
 
 def _paths(node: object, prefix: tuple = ()) -> list[tuple]:
