@@ -1,6 +1,6 @@
 """Families of similar games, registered with gymnasium under the ``rltransfer/`` namespace on import."""
 
-from rltransfer.envs import cartpole, classic, grids, lunarlander
+from rltransfer.envs import atari, cartpole, classic, grids, lunarlander
 from rltransfer.envs.base import (
     FAMILIES,
     ContextParam,
@@ -18,7 +18,7 @@ for _family in (
     lunarlander.FAMILY,
     grids.MINATAR,
     grids.DOORKEY,
-    grids.ATARI,
+    atari.ATARI,
 ):
     register_family(_family)
 

@@ -5,6 +5,7 @@ A source or target task is data, not a subclass: a registered id (a named varian
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,8 @@ class ContextParam:
     low: float
     high: float
     doc: str
+    attribute: str | None = None
+    """The attribute of the environment that holds it (default: the parameter's own name)."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,6 @@ class EnvFamily:
 
     def missing_package(self) -> str | None:
         """The pip command that installs what this family needs, when something is missing; else None."""
-        import importlib.util
-
         if self.requires is None:
             return None
         modules, extra = self.requires
@@ -69,6 +70,15 @@ class EnvFamily:
     def resolve(self, context: Mapping[str, Any]) -> dict[str, float]:
         """Every parameter's value: the defaults with the (checked) overrides applied."""
         return {**{name: spec.default for name, spec in self.params.items()}, **self.validate(context)}
+
+    def apply(self, env: Any, context: Mapping[str, Any]) -> dict[str, float]:
+        """Set every parameter (defaults with the checked overrides) on `env`, each on its attribute, and keep
+        the values in ``env.context``: one loop for every family whose game reads its constants from attributes."""
+        values = self.resolve(context)
+        for name, value in values.items():
+            setattr(env, self.params[name].attribute or name, value)
+        env.context = values
+        return values
 
     def validate(self, context: Mapping[str, Any], where: str = "context") -> dict[str, float]:
         """Check names, types and ranges of context overrides; errors name the parameter and its range."""

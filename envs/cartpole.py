@@ -9,7 +9,9 @@ from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 from rltransfer.envs.base import ContextParam, EnvFamily
 
 PARAMS = {
-    "pole_length": ContextParam(0.5, 0.05, 5.0, "half the pole's length in metres (gymnasium's `length`)"),
+    "pole_length": ContextParam(
+        0.5, 0.05, 5.0, "half the pole's length in metres (gymnasium's `length`)", attribute="length"
+    ),
     "masspole": ContextParam(0.1, 0.01, 5.0, "pole mass in kg"),
     "masscart": ContextParam(1.0, 0.1, 20.0, "cart mass in kg"),
     "gravity": ContextParam(9.8, 0.5, 100.0, "gravity in m/s^2"),
@@ -23,14 +25,7 @@ class CartPoleContextEnv(CartPoleEnv):
 
     def __init__(self, render_mode: str | None = None, **context: Any) -> None:
         super().__init__(render_mode=render_mode)
-        values = FAMILY.resolve(context)
-        self.context = values
-        self.length = values["pole_length"]
-        self.masspole = values["masspole"]
-        self.masscart = values["masscart"]
-        self.gravity = values["gravity"]
-        self.force_mag = values["force_mag"]
-        self.tau = values["tau"]
+        FAMILY.apply(self, context)
         self.total_mass = self.masspole + self.masscart
         self.polemass_length = self.masspole * self.length
 

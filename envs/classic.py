@@ -22,12 +22,8 @@ class MountainCarContextEnv(MountainCarEnv):
     """gymnasium's MountainCar-v0 with its constants as constructor arguments."""
 
     def __init__(self, render_mode: str | None = None, **context: Any) -> None:
-        values = MOUNTAIN_CAR.resolve(context)
-        super().__init__(render_mode=render_mode, goal_velocity=values["goal_velocity"])
-        self.context = values
-        self.force = values["force"]
-        self.gravity = values["gravity"]
-        self.goal_position = values["goal_position"]
+        super().__init__(render_mode=render_mode)
+        MOUNTAIN_CAR.apply(self, context)
 
 
 MOUNTAIN_CAR = EnvFamily(
@@ -46,12 +42,18 @@ MOUNTAIN_CAR = EnvFamily(
 )
 
 ACROBOT_PARAMS = {
-    "link_length_1": ContextParam(1.0, 0.3, 3.0, "length of the first link in metres"),
-    "link_mass_1": ContextParam(1.0, 0.2, 5.0, "mass of the first link in kg"),
-    "link_mass_2": ContextParam(1.0, 0.2, 5.0, "mass of the second link in kg"),
-    "link_com_pos_1": ContextParam(0.5, 0.1, 1.0, "centre of mass of the first link (m from the joint)"),
-    "link_com_pos_2": ContextParam(0.5, 0.1, 1.0, "centre of mass of the second link (m from the joint)"),
-    "link_moi": ContextParam(1.0, 0.2, 5.0, "moment of inertia of both links"),
+    "link_length_1": ContextParam(
+        1.0, 0.3, 3.0, "length of the first link in metres", attribute="LINK_LENGTH_1"
+    ),
+    "link_mass_1": ContextParam(1.0, 0.2, 5.0, "mass of the first link in kg", attribute="LINK_MASS_1"),
+    "link_mass_2": ContextParam(1.0, 0.2, 5.0, "mass of the second link in kg", attribute="LINK_MASS_2"),
+    "link_com_pos_1": ContextParam(
+        0.5, 0.1, 1.0, "centre of mass of the first link (m from the joint)", attribute="LINK_COM_POS_1"
+    ),
+    "link_com_pos_2": ContextParam(
+        0.5, 0.1, 1.0, "centre of mass of the second link (m from the joint)", attribute="LINK_COM_POS_2"
+    ),
+    "link_moi": ContextParam(1.0, 0.2, 5.0, "moment of inertia of both links", attribute="LINK_MOI"),
     "dt": ContextParam(0.2, 0.05, 0.4, "seconds per step"),
     "torque_noise_max": ContextParam(0.0, 0.0, 0.5, "uniform noise added to the applied torque"),
 }
@@ -62,16 +64,7 @@ class AcrobotContextEnv(AcrobotEnv):
 
     def __init__(self, render_mode: str | None = None, **context: Any) -> None:
         super().__init__(render_mode=render_mode)
-        values = ACROBOT.resolve(context)
-        self.context = values
-        self.LINK_LENGTH_1 = values["link_length_1"]
-        self.LINK_MASS_1 = values["link_mass_1"]
-        self.LINK_MASS_2 = values["link_mass_2"]
-        self.LINK_COM_POS_1 = values["link_com_pos_1"]
-        self.LINK_COM_POS_2 = values["link_com_pos_2"]
-        self.LINK_MOI = values["link_moi"]
-        self.dt = values["dt"]
-        self.torque_noise_max = values["torque_noise_max"]
+        ACROBOT.apply(self, context)
 
 
 ACROBOT = EnvFamily(
@@ -100,12 +93,8 @@ class PendulumContextEnv(PendulumEnv):
     """gymnasium's Pendulum-v1 (continuous torque) with gravity, mass, length and time step as arguments."""
 
     def __init__(self, render_mode: str | None = None, **context: Any) -> None:
-        values = PENDULUM.resolve(context)
-        super().__init__(render_mode=render_mode, g=values["g"])
-        self.context = values
-        self.m = values["m"]
-        self.l = values["l"]
-        self.dt = values["dt"]
+        super().__init__(render_mode=render_mode)
+        PENDULUM.apply(self, context)
 
 
 PENDULUM = EnvFamily(

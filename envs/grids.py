@@ -1,9 +1,8 @@
-"""Small-screen games as families: MinAtar (five 10x10 Atari-like games), MiniGrid DoorKey mazes, Atari.
+"""Grid games as families: MinAtar (five 10x10 Atari-like games) and MiniGrid DoorKey mazes.
 
-Each family needs an optional package (``pip install 'rltransfer[minatar]'``, ``[minigrid]``, ``[atari]``); the
-environment classes live in ``_grid_envs`` so that importing rltransfer never imports them. Observations are
-channel-first: float32 in [0, 1] for MinAtar and MiniGrid (for the ``small_cnn`` policy), uint8 84x84x4 frames for
-Atari (SB3's Nature-CNN ``CnnPolicy``).
+Each family needs an optional package (``pip install 'rltransfer[minatar]'``, ``[minigrid]``); the environment
+classes live in ``_grid_envs`` so that importing rltransfer never imports them. Observations are channel-first
+float32 in [0, 1] (for the ``small_cnn`` policy).
 """
 
 from __future__ import annotations
@@ -45,32 +44,4 @@ DOORKEY = EnvFamily(
     "grid size; reward 1 - 0.9 x steps/limit, solved at 0.9",
     requires=(("minigrid",), "minigrid"),
     register_base=False,
-)
-
-ATARI_GAMES = {
-    "Pong": "pong",
-    "Breakout": "breakout",
-    "SpaceInvaders": "space_invaders",
-    "Freeway": "freeway",
-    "Asterix": "asterix",
-    "Seaquest": "seaquest",
-}
-
-ATARI = EnvFamily(
-    name="Atari",
-    entry_point="rltransfer.envs._grid_envs:AtariContextEnv",
-    params={
-        "repeat_action_probability": ContextParam(0.25, 0.0, 0.5, "sticky actions (ALE v5 default 0.25)"),
-        "frame_skip": ContextParam(4, 1, 8, "frames per agent step (max-pooled over the last two)"),
-        "clip_reward": ContextParam(
-            1, 0, 1, "1: training rewards clipped to their sign; evaluation never clips"
-        ),
-    },
-    variants={f"Atari{name}": {"game": game} for name, game in ATARI_GAMES.items()},
-    max_episode_steps=27_000,
-    doc="Atari 2600 through ale-py with the standard wrappers (no-op reset, frame skip, 84x84 grey, 4 "
-    "stacked frames, training rewards clipped to their sign; evaluation returns are game scores)",
-    requires=(("ale_py", "cv2"), "atari"),
-    register_base=False,
-    eval_context={"clip_reward": 0.0},
 )
