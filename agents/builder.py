@@ -1,4 +1,4 @@
-"""Build an SB3 agent from an :class:`~rltransfer.config.AgentConfig`."""
+"""Build an SB3 agent from an :class:`~rltransfer.agents.config.AgentConfig`."""
 
 from __future__ import annotations
 

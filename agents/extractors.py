@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 from gymnasium import spaces
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, NatureCNN
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, NatureCNN
 from torch import nn
 
 from rltransfer.core.errors import ConfigError
@@ -42,8 +42,6 @@ def extractor_kwargs(features: str, features_dim: int | None, observation_space:
             )
         return {}
     if features == "flatten":
-        from stable_baselines3.common.torch_layers import FlattenExtractor
-
         return {"features_extractor_class": FlattenExtractor}
     shape = getattr(observation_space, "shape", None)
     if not isinstance(observation_space, spaces.Box) or shape is None or len(shape) != 3:

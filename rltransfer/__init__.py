@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any
 from rltransfer import envs  # noqa: F401  (registers the game families with gymnasium)
 from rltransfer.core.errors import ConfigError, LayerSelectionError, RLTransferError, TransferError
 from rltransfer.core.heads import find_head, replace_head
-from rltransfer.core.layers import freeze, frozen_layers, list_layers, select_layers, unfreeze
+from rltransfer.core.layers import (
+    format_layers,
+    freeze,
+    frozen_layers,
+    list_layers,
+    select_layers,
+    unfreeze,
+)
 from rltransfer.core.optim import build_optimizer
 
 if TYPE_CHECKING:  # what IDEs and type checkers see for the names loaded on first use
@@ -56,6 +63,7 @@ __all__ = [
     "TransferError",
     "build_optimizer",
     "find_head",
+    "format_layers",
     "freeze",
     "frozen_layers",
     "list_layers",

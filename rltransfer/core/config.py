@@ -202,13 +202,12 @@ def resolve_config_path(argument: str) -> Path:
     )
 
 
-def coerce_config(config: Any, model: type[ConfigT], *, packaged: bool = False) -> ConfigT:
-    """Accept a config object, a YAML path (or, with `packaged`, a shipped name such as ``cartpole/source``) or
-    a mapping."""
+def coerce_config(config: Any, model: type[ConfigT]) -> ConfigT:
+    """Accept a config object, a mapping, a YAML path or the name of a shipped config (``cartpole/source``)."""
     if isinstance(config, model):
         return config
     if isinstance(config, dict):
         return parse_config(config, model)
     if isinstance(config, (str, Path)):
-        return load_config(resolve_config_path(str(config)) if packaged else config, model)
+        return load_config(resolve_config_path(str(config)), model)
     raise TypeError(f"expected a {model.__name__}, a YAML path or a mapping, got {type(config).__name__}")

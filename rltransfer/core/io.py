@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,6 @@ def prepare_run_dir(log_root: str | Path, name: str) -> Path:
 
 def versions() -> dict[str, str]:
     """Versions of Python and the packages a run depends on, for the run's record."""
-    from importlib.metadata import PackageNotFoundError, version
-
     found = {"python": platform.python_version()}
     for package in ("rltransfer", "torch", "stable-baselines3", "gymnasium", "numpy", "tensorboard"):
         try:

@@ -112,7 +112,7 @@ def run_image(
             "run_image needs a config (an ImageConfig, a YAML path or a mapping) or resume=RUN_DIR."
         )
     else:
-        config = coerce_config(config, ImageConfig, packaged=True)
+        config = coerce_config(config, ImageConfig)
     device = resolve_device(config.device)
     target = load_task(config.data, config.model.arch, config.seed, "data")
     source_task = (
