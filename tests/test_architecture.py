@@ -11,7 +11,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FOLDERS = {"rltransfer": REPO / "rltransfer", "rltransfer.envs": REPO / "envs", "rltransfer.agents": REPO / "agents"}
+FOLDERS = {
+    "rltransfer": REPO / "rltransfer",
+    "rltransfer.envs": REPO / "envs",
+    "rltransfer.agents": REPO / "agents",
+}
 # what each layer may import from rltransfer (besides itself)
 ALLOWED = {
     "core": {"core"},
@@ -35,7 +39,7 @@ def _modules() -> dict[str, Path]:
     return found
 
 
-def _imports(path: Path, name: str) -> set[str]:
+def _imports(path: Path) -> set[str]:
     """rltransfer modules imported at module level (TYPE_CHECKING blocks and function bodies left out)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found: set[str] = set()
@@ -53,7 +57,7 @@ def _imports(path: Path, name: str) -> set[str]:
 
 def _graph() -> dict[str, set[str]]:
     modules = _modules()
-    return {name: {i for i in _imports(path, name) if i in modules} - {name} for name, path in modules.items()}
+    return {name: {i for i in _imports(path) if i in modules} - {name} for name, path in modules.items()}
 
 
 def _layer(module: str) -> str | None:

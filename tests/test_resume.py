@@ -59,9 +59,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # epoch-end checks counted over the whole run: inside the source, inside the cached head stage, at the boundary
 # between the transfer's stages, mid-way through fine-tuning, inside the scratch baseline
-@pytest.mark.parametrize(
-    "stop_at", [7, *(pytest.param(n, marks=pytest.mark.slow) for n in (2, 5, 9, 13))]
-)
+@pytest.mark.parametrize("stop_at", [7, *(pytest.param(n, marks=pytest.mark.slow) for n in (2, 5, 9, 13))])
 def test_interrupt_and_resume_matches_an_uninterrupted_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uninterrupted: Path, stop_at: int
 ) -> None:

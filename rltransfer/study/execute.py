@@ -23,7 +23,7 @@ from rltransfer.core.interrupt import Interrupted
 from rltransfer.core.io import write_json
 from rltransfer.core.record import RunRecord
 from rltransfer.rl.config import TrainConfig, TransferConfig
-from rltransfer.rl.training import train
+from rltransfer.rl.training import RunResult, train
 from rltransfer.rl.transfer import transfer
 
 RESULT = "result.json"
@@ -94,7 +94,7 @@ def execute_run(kind: str, config: dict[str, Any], run_dir: str, fingerprint: st
     return record
 
 
-def _run(kind: str, config: TrainConfig | TransferConfig, path: Path, resume: bool) -> Any:
+def _run(kind: str, config: TrainConfig | TransferConfig, path: Path, resume: bool) -> RunResult:
     if not resume:
         shutil.rmtree(path, ignore_errors=True)  # an unfinished attempt without a usable checkpoint
         if kind == "train":
