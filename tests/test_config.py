@@ -150,3 +150,25 @@ def test_training_failure_from_a_badly_typed_hyperparameter_is_a_clear_error(tin
         train(tiny_train, progress_bar=False)
     record = json.loads((Path(tiny_train["log_root"]) / "tiny-source" / "run.json").read_text())
     assert record["status"] == "failed" and "TypeError" in record["error"]
+
+
+@pytest.mark.parametrize("name", [".", "..", "..."])
+def test_a_run_name_is_one_plain_path_component(tiny_train, name) -> None:
+    tiny_train["name"] = name
+    with pytest.raises(ConfigError, match="`name` is invalid"):
+        parse_config(tiny_train, TrainConfig)
+    assert parse_config({**tiny_train, "name": "v1.2-final"}, TrainConfig).name == "v1.2-final"
+
+
+def test_a_key_given_twice_is_refused_naming_the_key_and_lines(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("budget: 1000\nenv: {id: CartPole-v1}\neval:\n  every: 500\n  every: 250\n")
+    with pytest.raises(
+        ConfigError, match=r"twice.yaml: the key `every` appears twice in one section \(lines 4 and 5\)"
+    ):
+        load_config(path, TrainConfig)
+    path.write_text(
+        "base: &base {every: 500}\nbudget: 1000\nenv: {id: CartPole-v1}\neval: {<<: *base, episodes: 2}\n"
+    )
+    with pytest.raises(ConfigError, match="`base` is not a known setting"):  # a YAML merge is not a duplicate
+        load_config(path, TrainConfig)

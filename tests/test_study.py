@@ -219,3 +219,19 @@ def test_a_study_compares_a_chain_with_direct_transfer(study) -> None:
     assert record["source"].endswith("1-CartPoleLongPole/best_model.zip")
     assert set(report.metrics["short"]) == {"finetune", "via-long"}
     assert "the chain spent 256 more steps per seed" in report.report_md.read_text()
+
+
+def test_resuming_a_finished_study_by_its_directory_redoes_nothing(
+    study, tmp_path: Path, monkeypatch
+) -> None:
+    """Started with a relative log_root, resumed with `--resume STUDY_DIR` (an absolute path): nothing re-runs."""
+    from rltransfer.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    study.update(log_root="runs", seeds=1, strategies=["scratch", "finetune"])
+    run_study(study, workers=1, progress=False)
+    results = sorted((tmp_path / "runs" / "tiny-study").rglob("result.json"))
+    stamps = [path.stat().st_mtime_ns for path in results]
+    assert len(results) == 3  # the source and two runs
+    assert main(["study", "--resume", str(tmp_path / "runs" / "tiny-study"), "--workers", "1"]) == 0
+    assert [path.stat().st_mtime_ns for path in results] == stamps

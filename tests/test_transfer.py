@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import rltransfer
 from rltransfer.agents import build_agent
 from rltransfer.agents.config import AgentConfig
 from rltransfer.agents.freezing import freeze_agent, layer_copies
+from rltransfer.core.errors import TransferError
 from rltransfer.rl.mapping import map_weights
 from rltransfer.rl.sources import load_source
 
@@ -307,3 +309,19 @@ def test_trust_source_opts_in_to_sb3s_full_loader(tmp_path) -> None:
     except Exception:
         pass  # the payload replaces policy_kwargs with a file object, which SB3 then cannot use
     assert marker.exists()  # opted in: SB3's loader unpickled (and so ran) it
+
+
+def test_a_source_with_nan_weights_is_refused_naming_file_and_tensor(tmp_path, tiny_transfer) -> None:
+    model = PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu", policy_kwargs={"net_arch": [16, 16]})
+    with torch.no_grad():
+        model.policy.mlp_extractor.value_net[2].weight[0, 0] = float("nan")
+    model.save(tmp_path / "diverged.zip")
+    for trust in (False, True):
+        with pytest.raises(
+            TransferError, match=r"diverged.zip: the tensor `mlp_extractor.value_net.2.weight` holds NaN"
+        ):
+            load_source(tmp_path / "diverged.zip", trust=trust)
+    tiny_transfer.update(source=str(tmp_path / "diverged.zip"))
+    with pytest.raises(TransferError, match="holds NaN or infinite values"):
+        rltransfer.transfer(tiny_transfer, progress_bar=False, verbose=False)
+    assert not (Path(tiny_transfer["log_root"]) / "tiny-transfer").exists()

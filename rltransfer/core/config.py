@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rltransfer.core.errors import ConfigError, did_you_mean
 
-NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+NAME_PATTERN = r"^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+"""A name that is one plain path component: letters, digits, ``_ . -``, and not only dots (``.``, ``..``)."""
 
 
 class Section(BaseModel):
@@ -37,6 +38,30 @@ def check_device(value: str) -> str:
     return value
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key that appears twice in one mapping (YAML says keys are unique; PyYAML
+    would silently keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with errors that name the file."""
     path = Path(path)
@@ -45,7 +70,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
             f"Config file {path} does not exist. Check the path (relative paths start at {Path.cwd()})."
         )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a safe loader)
+    except _DuplicateKey as duplicate:
+        raise ConfigError(
+            f"{path}: the key `{duplicate.key}` appears twice in one section (lines {duplicate.first} and "
+            f"{duplicate.second}); YAML keeps only one of them. Remove or merge one of the two."
+        ) from None
     except yaml.YAMLError as error:
         raise ConfigError(
             f"{path} is not valid YAML: {error}. Fix the syntax at the position shown."

@@ -59,6 +59,7 @@ def load_source(source: str | Path, trust: bool = False) -> SourceAgent:
             "or to an SB3 .zip saved with model.save(...); relative paths start at the current directory."
         )
     state_dict, data = _read_zip_trusted(path) if trust else _read_zip(path)
+    _check_finite(path, state_dict)
     agent = None
     config_path = path.parent / "config.yaml"
     if (path.parent / RECORD).exists() and config_path.exists():
@@ -72,6 +73,15 @@ def load_source(source: str | Path, trust: bool = False) -> SourceAgent:
     return SourceAgent(
         path=path, state_dict=state_dict, agent=agent, algo=algo, activation=_activation_from_data(data)
     )
+
+
+def _check_finite(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    for key, tensor in state_dict.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise TransferError(
+                f"Source agent {path}: the tensor `{key}` holds NaN or infinite values, so the agent cannot be "
+                "transferred (training it diverged). Use an earlier or another model of that run as the source."
+            )
 
 
 def _read_zip_trusted(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

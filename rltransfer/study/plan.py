@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from rltransfer.agents.builder import build_agent
 from rltransfer.agents.config import AgentConfig, parse_agent
 from rltransfer.agents.freezing import hidden_layers, trunk_layers
@@ -48,9 +50,10 @@ class RunSpec:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(
-            json.dumps([self.kind, self.config, self.source_id], sort_keys=True, default=str).encode()
-        ).hexdigest()[:16]
+        """What the run computes: its kind, its settings and its source's weights, but not where its files go
+        (``log_root``, the source's path), so stored results stay valid when the study directory moves or is
+        resumed through another path."""
+        return config_fingerprint({"kind": self.kind, **self.config, "source": self.source_id})
 
 
 @dataclass
@@ -215,7 +218,7 @@ def _study_source(config: StudyConfig, study_dir: Path) -> _Source:
         source_config = load_config(resolve_config_path(config.source.config), TrainConfig, overrides)
         state = _probe_policy(source_config.agent, source_config.env).state_dict()
         agent = config.agent or source_config.agent
-        return _Source(None, source_config, state, agent, fingerprint_of(source_config.model_dump_json()))
+        return _Source(None, source_config, state, agent, config_fingerprint(source_config))
     source = load_source(config.source.path, trust=config.source.trust_source)
     agent = config.agent or source_agent_config(source)
     return _Source(source.path, None, source.state_dict, agent, digest(source.path)[:16])
@@ -307,6 +310,8 @@ def _run_spec(
     return RunSpec(label, strategy, seed, "transfer", run, run_dir, source_id)
 
 
-def fingerprint_of(text: str) -> str:
-    """A short digest that identifies a config (or any text) in stored results."""
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def config_fingerprint(config: BaseModel | dict[str, Any]) -> str:
+    """A short digest of a run's settings without ``log_root`` (which follows the study directory)."""
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
+    data.pop("log_root", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]

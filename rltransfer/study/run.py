@@ -20,7 +20,7 @@ from rltransfer.core.io import write_text
 from rltransfer.study.config import StudyConfig
 from rltransfer.study.execute import execute_run, finished_result
 from rltransfer.study.executor import Executor, LocalExecutor
-from rltransfer.study.plan import RunSpec, StudyPlan, fingerprint_of, plan_study
+from rltransfer.study.plan import RunSpec, StudyPlan, config_fingerprint, plan_study
 from rltransfer.study.report import StudyReport, build_report
 
 STUDY_CONFIG = "study.yaml"
@@ -112,7 +112,7 @@ def _train_source(plan: StudyPlan) -> Path:
     """Train the study's source once; a finished source with the same config is reused."""
     assert plan.source_config is not None
     run_dir = plan.study_dir / "source"
-    fingerprint = fingerprint_of(plan.source_config.model_dump_json())
+    fingerprint = config_fingerprint(plan.source_config)
     if finished_result(run_dir, fingerprint) is not None and (run_dir / "best_model.zip").exists():
         print(f"Source: reusing {run_dir}", flush=True)
         return run_dir
