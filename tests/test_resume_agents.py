@@ -135,6 +135,29 @@ def test_transfer_with_frozen_layers_resumes(
     assert result.frozen_unchanged is True and result.timesteps >= 512
 
 
+def test_resuming_a_transfer_whose_source_changed_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_source: Path, tiny_transfer: dict
+) -> None:
+    import shutil
+
+    from rltransfer.rl.transfer import transfer
+
+    source = tmp_path / "source.zip"
+    shutil.copy(tiny_source / "best_model.zip", source)
+    tiny_transfer.update(source=str(source), freeze=["mlp_extractor.policy_net.0"])
+    stop_after(monkeypatch, 70, signal.SIGTERM)
+    with pytest.raises(Interrupted) as stop:
+        transfer(tiny_transfer, progress_bar=False, verbose=False)
+    monkeypatch.setattr(callbacks, "stop_requested", lambda: None)
+    shutil.copy(tiny_source / "last_model.zip", source)  # another model under the same name
+    with pytest.raises(ConfigError, match=r"source.zip changed after .* started from it"):
+        transfer(resume=stop.value.run_dir, progress_bar=False, verbose=False)
+    record = json.loads((stop.value.run_dir / "run.json").read_text())
+    assert record["status"] == "interrupted" and (stop.value.run_dir / "checkpoint" / "state.json").is_file()
+    shutil.copy(tiny_source / "best_model.zip", source)  # the original back: the run continues
+    assert transfer(resume=stop.value.run_dir, progress_bar=False, verbose=False).frozen_unchanged is True
+
+
 def test_damaged_checkpoints_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_train: dict
 ) -> None:

@@ -10,6 +10,7 @@ import time
 import urllib.request
 import zipfile
 from io import BytesIO
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,3 +157,36 @@ def test_tensorboard_server_lists_both_runs(tiny_train, tiny_transfer) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_run_directory_in_use_by_a_live_process_is_refused(tmp_path: Path, tiny_train) -> None:
+    from rltransfer.core.errors import ConfigError
+    from rltransfer.core.io import prepare_run_dir
+
+    run_dir = tmp_path / "runs" / "busy"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("the other run's config\n")
+    holder = subprocess.Popen(  # another process with the run directory locked, as a live run holds it
+        [
+            sys.executable, "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(120)",
+            str(run_dir / ".lock"),
+        ],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match=r"busy is in use by another rltransfer process"):
+            prepare_run_dir(tmp_path / "runs", "busy")
+        with pytest.raises(ConfigError, match="in use by another rltransfer process"):
+            rltransfer.train({**tiny_train, "name": "busy"}, progress_bar=False)
+        with pytest.raises(ConfigError, match="in use by another rltransfer process"):
+            rltransfer.train(resume=run_dir, progress_bar=False)
+        assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["busy"]  # nothing moved aside
+        assert (run_dir / "config.yaml").read_text() == "the other run's config\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert prepare_run_dir(tmp_path / "runs", "busy") == run_dir  # once it has ended: moved aside as usual
+    assert len(list((tmp_path / "runs").iterdir())) == 2

@@ -15,8 +15,17 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from rltransfer.core.errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # (Windows: no advisory locks; run directories are then not locked)
+    fcntl = None  # type: ignore[assignment]
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+LOCK = ".lock"
+_held: dict[Path, int] = {}  # run directories this process holds the lock of: resolved path -> descriptor
 
 
 @contextmanager
@@ -57,9 +66,52 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+def lock_run_dir(run_dir: Path) -> None:
+    """Hold an OS lock on a run directory (``.lock`` inside it) until :func:`release_run_dir` or the end of this
+    process, however it ends: another process that wants the same directory is refused instead of mixing files."""
+    key = run_dir.resolve()
+    if fcntl is None or key in _held or not run_dir.is_dir():
+        return
+    descriptor = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        raise ConfigError(
+            f"The run directory {run_dir} is in use by another rltransfer process that is still running. Wait "
+            "for it to end, or give this run another name (--name, or `name` in the config)."
+        ) from None
+    _held[key] = descriptor
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Give up this process's lock on a run directory (nothing happens when it holds none)."""
+    descriptor = _held.pop(run_dir.resolve(), None)
+    if descriptor is not None:
+        os.close(descriptor)
+
+
+def _in_use(run_dir: Path) -> bool:
+    """True when another process holds the run directory's lock."""
+    if fcntl is None or run_dir.resolve() in _held or not (run_dir / LOCK).is_file():
+        return False
+    descriptor = os.open(run_dir / LOCK, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(descriptor)  # (closing also drops the lock this check may have taken)
+    return False
+
+
 def prepare_run_dir(log_root: str | Path, name: str) -> Path:
-    """Create ``log_root/name``; an earlier run of that name is moved aside to ``name.<its time>``, not deleted."""
+    """Create ``log_root/name`` and lock it for this process; an earlier run of that name is moved aside to
+    ``name.<its time>``, not deleted, and a run of that name still in progress elsewhere is refused."""
     run_dir = Path(log_root) / name
+    if _in_use(run_dir):
+        lock_run_dir(run_dir)  # raises the error that explains it
+    release_run_dir(run_dir)  # (this process's own earlier run of that name is over)
     if run_dir.exists() and any(run_dir.iterdir()):
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(run_dir.stat().st_mtime))
         aside = run_dir.with_name(f"{name}.{stamp}")
@@ -70,6 +122,7 @@ def prepare_run_dir(log_root: str | Path, name: str) -> Path:
         shutil.move(str(run_dir), str(aside))
         print(f"An earlier run {run_dir} was moved to {aside}.", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(run_dir)
     return run_dir
 
 

@@ -28,7 +28,7 @@ from rltransfer.core.config import coerce_config, dump_config, load_config
 from rltransfer.core.device import resolve_device
 from rltransfer.core.errors import ConfigError, NumericalError, RLTransferError
 from rltransfer.core.interrupt import Interrupted, stop_on_signals
-from rltransfer.core.io import prepare_run_dir, versions, write_text
+from rltransfer.core.io import lock_run_dir, prepare_run_dir, release_run_dir, versions, write_text
 from rltransfer.core.layers import count_parameters
 from rltransfer.core.record import RunRecord
 from rltransfer.rl.callbacks import (
@@ -88,14 +88,24 @@ def train(
     """Train a source agent from scratch as the config says and return the run's result. ``resume`` continues
     an interrupted run from its directory (with the config saved there)."""
     if resume is not None:
+        lock_run_dir(Path(resume))
         config = resume_config(resume, TrainConfig)
     config = coerce_config(config, TrainConfig)
     train_env, eval_env = make_envs(config.env, config.seed)
     model = build_agent(config.agent, train_env, seed=config.seed, device=resolve_device(config.device))
     run_dir = Path(resume) if resume is not None else prepare_run_dir(config.log_root, config.name)
-    return run_training(
-        model, config, run_dir, eval_env, kind="train", progress_bar=progress_bar, resume=resume is not None
-    )
+    try:
+        return run_training(
+            model,
+            config,
+            run_dir,
+            eval_env,
+            kind="train",
+            progress_bar=progress_bar,
+            resume=resume is not None,
+        )
+    finally:
+        release_run_dir(run_dir)
 
 
 def resume_config(run_dir: str | Path, model: type[RunConfig]) -> RunConfig:

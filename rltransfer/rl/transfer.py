@@ -20,9 +20,10 @@ from rltransfer.core.config import coerce_config, dump_config
 from rltransfer.core.device import resolve_device
 from rltransfer.core.errors import ConfigError, LayerSelectionError, TransferError, short_list
 from rltransfer.core.interrupt import Interrupted
-from rltransfer.core.io import prepare_run_dir, write_text
+from rltransfer.core.io import lock_run_dir, prepare_run_dir, release_run_dir, write_text
 from rltransfer.core.layers import select_layers
 from rltransfer.core.record import RunRecord
+from rltransfer.core.state import digest
 from rltransfer.rl.callbacks import UnfreezeAt
 from rltransfer.rl.chain import chain_stage_config, check_chain, stage_state, stage_summary
 from rltransfer.rl.config import TransferConfig
@@ -55,6 +56,7 @@ def transfer(
     stages are run directories under ``<run_dir>/chain/``. ``resume`` continues an interrupted transfer from its
     run directory (the same source must still exist); finished chain stages are reused, not retrained."""
     if resume is not None:
+        lock_run_dir(Path(resume))
         config = resume_config(resume, TransferConfig)
     config = coerce_config(config, TransferConfig)
     check_chain(config)
@@ -129,6 +131,9 @@ def _transfer_stage(
     """One transfer: load the source, build the target agent, map, freeze and fine-tune into `run_dir` (None:
     a new run directory, made once everything before training has worked)."""
     source = load_source(source_path, trust=trust)
+    source_digest = digest(source.path)
+    if resume and run_dir is not None:
+        _check_same_source(run_dir, source.path, source_digest)
     agent = config.agent or source_agent_config(source)
     train_env, eval_env = make_envs(config.env, config.seed)
     model = build_agent(agent, train_env, seed=config.seed, device=resolve_device(config.device))
@@ -141,6 +146,7 @@ def _transfer_stage(
         "algo": agent.algo,
         "agent": agent.model_dump(mode="json"),
         "source": str(source.path),
+        "source_digest": source_digest,
         "mapping": mapping.as_dict(),
     }
     if chain:
@@ -161,13 +167,27 @@ def _transfer_stage(
         )
         return outcome
 
-    result = run_training(
-        model, config, run_dir, eval_env, callbacks=callbacks, kind="transfer", progress_bar=progress_bar,
-        metadata=metadata, texts={"transfer/layers": table}, resume=resume, on_finish=frozen_outcome,
-    )  # fmt: skip
+    try:
+        result = run_training(
+            model, config, run_dir, eval_env, callbacks=callbacks, kind="transfer", progress_bar=progress_bar,
+            metadata=metadata, texts={"transfer/layers": table}, resume=resume, on_finish=frozen_outcome,
+        )  # fmt: skip
+    finally:
+        release_run_dir(run_dir)
     return TransferResult(
         **vars(result), mapping=mapping, frozen_unchanged=outcome["frozen_unchanged"], chain=chain or []
     )
+
+
+def _check_same_source(run_dir: Path, path: Path, source_digest: str) -> None:
+    """A resumed transfer continues from the source it started from, or not at all."""
+    recorded = RunRecord.read(run_dir).get("source_digest")
+    if recorded is not None and recorded != source_digest:
+        raise ConfigError(
+            f"The source {path} changed after {run_dir} started from it (SHA-256 {recorded[:12]}... then, "
+            f"{source_digest[:12]}... now), so the run cannot continue from it: its copied and frozen layers came "
+            "from the earlier file. Put the original source back, or start the transfer again without --resume."
+        )
 
 
 def _map_and_freeze(

@@ -20,7 +20,15 @@ from rltransfer.core.config import coerce_config, dump_config, load_config
 from rltransfer.core.device import resolve_device
 from rltransfer.core.errors import ConfigError
 from rltransfer.core.interrupt import Interrupted, stop_on_signals
-from rltransfer.core.io import atomic_path, prepare_run_dir, versions, write_json, write_text
+from rltransfer.core.io import (
+    atomic_path,
+    lock_run_dir,
+    prepare_run_dir,
+    release_run_dir,
+    versions,
+    write_json,
+    write_text,
+)
 from rltransfer.core.record import RunRecord
 from rltransfer.vision.cache import FeatureCache
 from rltransfer.vision.config import DataConfig, ImageConfig, StageConfig
@@ -124,6 +132,7 @@ def run_image(
     first = None
     if checkpoint is not None:
         run_dir = Path(resume)  # type: ignore[arg-type]
+        lock_run_dir(run_dir)
         done = {name: phase_from_dict(item) for name, item in checkpoint["done"].items()}
     else:  # the first network is built before anything is written: a bad architecture or weights file stops here
         first = _first_network(config, source_task or target, model)
@@ -140,7 +149,10 @@ def run_image(
     )
     record = RunRecord(run_dir)
     record.update(kind="image", status="running", command=sys.argv, versions=versions())
-    _run_phases(context, record, _phases(config, source_task, target), checkpoint, model, first)
+    try:
+        _run_phases(context, record, _phases(config, source_task, target), checkpoint, model, first)
+    finally:
+        release_run_dir(run_dir)
     result = ImageResult(
         run_dir, target.classes, done["transfer"], done.get("source"), done.get("scratch"), cache.hits,
         cache.misses, time.perf_counter() - started,
