@@ -190,3 +190,42 @@ def test_a_run_directory_in_use_by_a_live_process_is_refused(tmp_path: Path, tin
         holder.wait()
     assert prepare_run_dir(tmp_path / "runs", "busy") == run_dir  # once it has ended: moved aside as usual
     assert len(list((tmp_path / "runs").iterdir())) == 2
+
+
+def test_a_log_root_that_is_a_file_is_one_clear_error(tmp_path: Path, tiny_train) -> None:
+    from rltransfer.core.errors import StorageError
+
+    (tmp_path / "runs").write_text("not a folder")
+    with pytest.raises(
+        StorageError, match=r"Cannot write .*runs/tiny-source: Not a directory\. Check that .*runs is"
+    ):
+        rltransfer.train(tiny_train, progress_bar=False)
+    assert (tmp_path / "runs").read_text() == "not a folder"
+
+
+def test_a_full_disk_mid_run_is_recorded_and_the_run_resumes(tmp_path: Path, tiny_train, monkeypatch) -> None:
+    import errno
+    import tempfile
+
+    from rltransfer.core import io
+    from rltransfer.core.errors import StorageError
+
+    real_mkstemp, curves = tempfile.mkstemp, []
+
+    def disk_fills_up(*args, prefix="", **kwargs):
+        curves.extend([1] if "evaluations.json" in prefix else [])
+        if (
+            len(curves) == 3 and "evaluations.json" in prefix
+        ):  # the third evaluation's curve: the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mkstemp(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(io.tempfile, "mkstemp", disk_fills_up)
+    with pytest.raises(StorageError, match=r"Cannot write .*evaluations.json: No space left on device"):
+        rltransfer.train(tiny_train, progress_bar=False)
+    run_dir = Path(tiny_train["log_root"]) / "tiny-source"
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "failed" and "No space left" in record["error"]
+    monkeypatch.setattr(io.tempfile, "mkstemp", real_mkstemp)
+    result = rltransfer.train(resume=run_dir, progress_bar=False)  # space again: it continues
+    assert result.timesteps >= 512 and json.loads((run_dir / "run.json").read_text())["status"] == "finished"

@@ -274,8 +274,12 @@ def test_planted_payloads_in_an_agent_file_never_run(tmp_path) -> None:
     with zipfile.ZipFile(path, "w") as archive:
         for name, content in files.items():
             archive.writestr(name, content)
-    with pytest.raises(TransferError, match="could not be read as plain weights"):
+    with pytest.raises(TransferError, match="could not be read as plain weights") as refused:
         load_source(path)
+    assert "weights_only=False" not in str(refused.value) and "`weights_only` set to `False`" not in str(
+        refused.value
+    )
+    assert "Unsupported global" in str(refused.value)  # what the loader objected to
     assert not marker_weights.exists()
     control = tmp_path / "ran-when-unpickled"
     pickle.loads(pickle.dumps(_Payload(str(control))))  # the payload is live: plain unpickling runs it

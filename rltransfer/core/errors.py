@@ -38,5 +38,9 @@ def short_list(names: Iterable[str], limit: int = 40) -> str:
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
+class StorageError(RLTransferError, OSError):
+    """A file or folder could not be written (a read-only folder, a file where a folder should be, a full disk)."""
+
+
 class NumericalError(RLTransferError):
     """A loss or parameter became NaN or infinite; training stopped and the last good checkpoint was kept."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -10,12 +11,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from rltransfer.core.errors import ConfigError
+from rltransfer.core.errors import ConfigError, StorageError
 
 try:
     import fcntl
@@ -28,14 +29,39 @@ LOCK = ".lock"
 _held: dict[Path, int] = {}  # run directories this process holds the lock of: resolved path -> descriptor
 
 
+WRITE_FAULTS = {
+    errno.ENOSPC,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EDQUOT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+}
+"""The errors of a folder that cannot be written (full, read-only, not ours, a file where a folder should be)."""
+
+
+def cannot_write(path: Path, error: OSError) -> StorageError:
+    """The one-paragraph error for a file or folder that could not be written."""
+    reason = error.strerror or type(error).__name__
+    return StorageError(
+        f"Cannot write {path}: {reason}. Check that {path.parent} is a writable folder (not a file) with free "
+        "space; a run stopped this way keeps its last checkpoint and continues with --resume."
+    )
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename, on failure it is removed."""
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename, on failure it is removed.
+    A failure to write (also inside the caller's block) is a :class:`StorageError` naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; give the final file the usual mode
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; give the final file the usual mode
+    except OSError as error:
+        raise cannot_write(path, error) from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -47,9 +73,13 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         finally:
             os.close(descriptor)
         os.replace(tmp_path, path)
+    except StorageError:
+        raise
+    except OSError as error:
+        raise cannot_write(path, error) from None
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        with suppress(OSError):
+            tmp_path.unlink(missing_ok=True)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -72,7 +102,10 @@ def lock_run_dir(run_dir: Path) -> None:
     key = run_dir.resolve()
     if fcntl is None or key in _held or not run_dir.is_dir():
         return
-    descriptor = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        descriptor = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    except OSError as error:
+        raise cannot_write(run_dir / LOCK, error) from None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -109,6 +142,15 @@ def prepare_run_dir(log_root: str | Path, name: str) -> Path:
     """Create ``log_root/name`` and lock it for this process; an earlier run of that name is moved aside to
     ``name.<its time>``, not deleted, and a run of that name still in progress elsewhere is refused."""
     run_dir = Path(log_root) / name
+    try:
+        return _make_run_dir(run_dir, name)
+    except OSError as error:
+        if isinstance(error, StorageError):
+            raise
+        raise cannot_write(Path(error.filename or run_dir), error) from None
+
+
+def _make_run_dir(run_dir: Path, name: str) -> Path:
     if _in_use(run_dir):
         lock_run_dir(run_dir)  # raises the error that explains it
     release_run_dir(run_dir)  # (this process's own earlier run of that name is over)

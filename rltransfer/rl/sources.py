@@ -75,6 +75,14 @@ def load_source(source: str | Path, trust: bool = False) -> SourceAgent:
     )
 
 
+def _unpickler_reason(error: Exception) -> str:
+    """What the weights-only loader objected to, without torch's advice to load the file unsafely."""
+    for line in str(error).splitlines():
+        if "WeightsUnpickler error" in line:
+            return line.strip()
+    return type(error).__name__
+
+
 def _check_finite(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
     for key, tensor in state_dict.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
@@ -126,8 +134,9 @@ def _read_zip(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         state_dict = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     except Exception as error:  # the weights-only unpickler rejects anything but tensors and plain containers
         raise TransferError(
-            f"{path}: policy.pth could not be read as plain weights ({type(error).__name__}: {error}). "
-            "The file is damaged or carries objects other than tensors; rltransfer does not execute them."
+            f"{path}: policy.pth could not be read as plain weights ({_unpickler_reason(error)}). The file is "
+            "damaged or carries objects other than tensors; rltransfer does not execute them. If you trust the "
+            "file and it holds custom classes, `trust_source: true` loads it with SB3's own loader."
         ) from None
     try:
         data = json.loads(data_text)

@@ -12,6 +12,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,17 @@ from rltransfer.agents.builder import build_agent
 from rltransfer.agents.freezing import save_model, unfreeze_agent
 from rltransfer.core.config import coerce_config, dump_config, load_config
 from rltransfer.core.device import resolve_device
-from rltransfer.core.errors import ConfigError, NumericalError, RLTransferError
+from rltransfer.core.errors import ConfigError, NumericalError, RLTransferError, StorageError
 from rltransfer.core.interrupt import Interrupted, stop_on_signals
-from rltransfer.core.io import lock_run_dir, prepare_run_dir, release_run_dir, versions, write_text
+from rltransfer.core.io import (
+    WRITE_FAULTS,
+    cannot_write,
+    lock_run_dir,
+    prepare_run_dir,
+    release_run_dir,
+    versions,
+    write_text,
+)
 from rltransfer.core.layers import count_parameters
 from rltransfer.core.record import RunRecord
 from rltransfer.rl.callbacks import (
@@ -288,11 +297,14 @@ def _learn(
             )
             return
         brief = str(error).splitlines()[0][:300] if str(error) else ""
-        record.update(
-            status="interrupted" if interrupted else "failed",
-            error=f"{type(error).__name__}: {brief}",
-            timesteps=int(model.num_timesteps),
-        )
+        with suppress(StorageError):  # a run directory that cannot be written: the error raised below says so
+            record.update(
+                status="interrupted" if interrupted else "failed",
+                error=f"{type(error).__name__}: {brief}",
+                timesteps=int(model.num_timesteps),
+            )
+        if isinstance(error, OSError) and error.errno in WRITE_FAULTS:  # e.g. SB3's own logs on a full disk
+            raise cannot_write(Path(error.filename or record.run_dir), error) from error
         if isinstance(error, (TypeError, ValueError)) and not isinstance(error, RLTransferError):
             raise ConfigError(
                 f"Training stopped at step {model.num_timesteps:,} with {type(error).__name__}: {brief}. This usually "
