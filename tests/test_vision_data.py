@@ -131,3 +131,15 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         folder_config(tmp_path, folder="x", augment={"hflipp": True})
     with pytest.raises(ConfigError, match="saturation and hue jitter need colour images"):
         load_task(DataConfig(digits={"classes": [1, 2]}, augment={"saturation": 0.2}), "small_cnn", 0)
+
+
+def test_a_16_bit_greyscale_png_keeps_its_grey_levels(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from rltransfer.vision.data import open_image
+
+    levels = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(levels).save(tmp_path / "deep.png")
+    grey = np.asarray(open_image(tmp_path / "deep.png", channels=1))
+    assert len(np.unique(grey)) == 256 and grey.min() == 0 and grey.max() == 255

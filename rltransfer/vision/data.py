@@ -164,13 +164,24 @@ class ImageSet(Dataset):
         return digest.hexdigest()
 
 
+def _eight_bit(image: Any) -> Any:
+    """16-bit and 32-bit integer greyscale scaled to 0-255 (PIL's own conversion clips them to two values)."""
+    from PIL import Image
+
+    if image.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) <= 65535 else float(values.max())
+    return Image.fromarray(np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8), mode="L")
+
+
 def open_image(path: Path, channels: int = 3) -> Any:
     """A PIL image in RGB (or L for one channel); an unreadable file raises a DataError naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            return image.convert("RGB" if channels == 3 else "L")
+            return _eight_bit(image).convert("RGB" if channels == 3 else "L")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DataError(
             f"Image {path} is corrupt or truncated ({error}). Replace or delete it, or set "
