@@ -130,7 +130,7 @@ def test_yaml_round_trip_of_random_configs(data) -> None:
 finite = st.floats(0.0, 1.0, allow_nan=False)
 valid_train = st.fixed_dictionaries(
     {
-        "name": st.from_regex(r"[A-Za-z0-9_.-]{1,12}", fullmatch=True),
+        "name": st.from_regex(r"[A-Za-z0-9_.-]{0,6}[A-Za-z0-9_-][A-Za-z0-9_.-]{0,5}", fullmatch=True),
         "budget": st.integers(5000, 10**7),
         "env": st.fixed_dictionaries(
             {"id": st.sampled_from(["CartPole-v1", "rltransfer/CartPoleLongPole-v1"])},
