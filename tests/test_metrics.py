@@ -9,11 +9,12 @@ import pytest
 from rltransfer.study.metrics import (
     area_under_curve,
     asymptotic_return,
-    bootstrap_median,
     seed_metrics,
     strategy_metrics,
+    summarise,
     time_to_threshold,
 )
+from rltransfer.study.verdict import target_verdicts
 
 SCRATCH = [(0, 10.0), (10, 100.0), (20, 300.0), (30, 480.0), (40, 500.0)]
 TRANSFER = [(0, 200.0), (10, 490.0), (20, 400.0), (30, 500.0), (40, 500.0)]
@@ -47,22 +48,37 @@ def test_seed_metrics_against_scratch() -> None:
     assert math.isinf(zero_shot.speedup)
 
 
-def test_bootstrap_median_interval() -> None:
-    summary = bootstrap_median([1.0, 2.0, 3.0, 4.0, 5.0])
-    assert summary.median == 3.0 and summary.low <= 3.0 <= summary.high
-    assert 1.0 <= summary.low and summary.high <= 5.0
-    assert bootstrap_median([2.0, 2.0, 2.0]).format() == "2.00 [2.00, 2.00]"
-    assert bootstrap_median([1.0, 2.0], seed=7) == bootstrap_median([1.0, 2.0], seed=7)  # reproducible
+def test_median_interval_from_order_statistics() -> None:
+    summary = summarise([5.0, 1.0, 3.0, 2.0, 4.0, 6.0, 7.0, 8.0, 9.0, 10.0])
+    assert summary.median == 5.5 and (summary.low, summary.high) == (2.0, 9.0)  # ranks 2 and 9 of 10
+    assert summary.coverage >= 0.95 and not summary.indicative
+    few = summarise([1.0, 2.0, 3.0])
+    assert (few.low, few.high) == (1.0, 3.0) and few.coverage == 0.75 and few.indicative  # the range, 75%
+    assert summarise([2.0, 2.0, 2.0]).format() == "2.00 [2.00, 2.00]"
+    assert summarise([1.0, math.nan, 3.0]).n == 2
 
 
-def test_negative_transfer_is_flagged() -> None:
-    slow = [(0, 10.0), (10, 20.0), (20, 100.0), (30, 200.0), (40, 480.0)]
-    fast = [(0, 10.0), (10, 480.0), (20, 500.0), (30, 500.0), (40, 500.0)]
-    worse = strategy_metrics([seed_metrics(s, slow, fast, threshold=475, budget=40) for s in range(4)])
-    assert worse.negative_transfer and worse.summary["speedup"].high < 1
-    better = strategy_metrics([seed_metrics(s, fast, slow, threshold=475, budget=40) for s in range(4)])
-    assert not better.negative_transfer and better.summary["speedup"].median == 4.0
+SLOW = [(0, 10.0), (10, 20.0), (20, 100.0), (30, 200.0), (40, 480.0)]
+FAST = [(0, 10.0), (10, 480.0), (20, 500.0), (30, 500.0), (40, 500.0)]
+
+
+def test_negative_transfer_is_flagged_when_the_paired_test_holds() -> None:
+    worse = strategy_metrics([seed_metrics(s, SLOW, FAST, threshold=475, budget=40) for s in range(8)])
+    verdict = target_verdicts({"worse": worse.per_seed})["worse"]
+    assert verdict.negative_transfer and verdict.text.startswith("NEGATIVE TRANSFER (slower to the threshold")
+    assert worse.summary["speedup"].high < 1
+    better = strategy_metrics([seed_metrics(s, FAST, SLOW, threshold=475, budget=40) for s in range(8)])
+    verdict = target_verdicts({"better": better.per_seed})["better"]
+    assert not verdict.negative_transfer and "faster than scratch" in verdict.text
     assert better.as_dict()["summary"]["speedup"]["median"] == 4.0
+    assert verdict.as_dict()["tests"][0]["pvalue"] == 2 / 2**8
+
+
+def test_too_few_seeds_say_how_many_are_needed() -> None:
+    worse = strategy_metrics([seed_metrics(s, SLOW, FAST, threshold=475, budget=40) for s in range(4)])
+    verdict = target_verdicts({"worse": worse.per_seed})["worse"]
+    assert not verdict.negative_transfer
+    assert verdict.text == "4 seeds cannot show a difference at 5% (3 tests): use at least 7 seeds"
 
 
 def test_both_at_threshold_from_the_start_is_no_speed_up() -> None:
@@ -79,7 +95,9 @@ def test_evaluations_past_the_budget_do_not_count() -> None:
 def test_one_seed_gets_no_verdict() -> None:
     slow = [(0, 10.0), (10, 20.0), (20, 480.0)]
     fast = [(0, 10.0), (10, 480.0), (20, 500.0)]
-    assert not strategy_metrics([seed_metrics(0, slow, fast, threshold=475, budget=20)]).negative_transfer
+    metrics = strategy_metrics([seed_metrics(0, slow, fast, threshold=475, budget=20)])
+    verdict = target_verdicts({"one": metrics.per_seed})["one"]
+    assert not verdict.negative_transfer and verdict.text.startswith("1 seed cannot show")
 
 
 def test_a_higher_asymptote_without_reaching_the_threshold_is_a_verdict_of_its_own() -> None:
@@ -88,10 +106,11 @@ def test_a_higher_asymptote_without_reaching_the_threshold_is_a_verdict_of_its_o
     scratch = [(0, 0.0), (10, 0.0), (20, 0.0), (30, 0.1)]
     transfer = [(0, 0.0), (10, 0.5), (20, 0.8), (30, 0.8)]  # better, yet below the 0.9 threshold
     metrics = strategy_metrics(
-        [seed_metrics(s, transfer, scratch, threshold=0.9, budget=30) for s in range(4)]
+        [seed_metrics(s, transfer, scratch, threshold=0.9, budget=30) for s in range(8)]
     )
-    assert metrics.summary["speedup"].median == 1.0 and not metrics.negative_transfer
-    rows = _rows({"chain": metrics}, {})
+    verdicts = target_verdicts({"chain": metrics.per_seed})
+    assert metrics.summary["speedup"].median == 1.0 and not verdicts["chain"].negative_transfer
+    rows = _rows({"chain": metrics}, verdicts, {})
     assert (
         rows[1][0] == "chain" and rows[1][-1] == "higher asymptote than scratch, larger area under the curve"
     )

@@ -33,8 +33,16 @@ def test_every_python_example_is_exercised() -> None:
         "rltransfer.freeze(policy",
         "rltransfer.run_image(config, model=MyNet()",
         "rltransfer.run_study(",
+        "verdict_rates(8,",
     )
     assert every and all(any(marker in block for marker in markers) for block in every)
+
+
+def test_power_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    ((page, example),) = _blocks("verdict_rates(8,")
+    exec(compile(example, page, "exec"), {})
+    share = re.search(r"found in (\d+)% of simulated 8-seed studies", capsys.readouterr().out)
+    assert share and int(share.group(1)) >= 80
 
 
 @pytest.mark.parametrize("page, example", _blocks("rltransfer.freeze(policy"))

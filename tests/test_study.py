@@ -51,12 +51,22 @@ def study(tmp_path: Path) -> dict:
 @pytest.mark.slow
 def test_tiny_study_in_parallel_writes_report_plot_and_tensorboard(study, capsys) -> None:
     report = run_study(study, workers=2)
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "Note: 2 seeds cannot show a difference at 5% with 6 tests" in err and "--seeds 8" in err
     assert "[6/6]" in out and "short (threshold 475" in out  # progress lines and the terminal table
     assert report.report_md.exists() and report.curves_png.read_bytes()[:4] == b"\x89PNG"
     markdown = report.report_md.read_text()
     assert "| finetune |" in markdown and "![learning curves](curves.png)" in markdown
+    # two seeds and six tests (two strategies x three metrics): no verdict is possible, and the report says so
+    cannot = "2 seeds cannot show a difference at 5% (6 tests): use at least 8 seeds"
+    assert report.verdicts["short"]["finetune"].text == cannot and f"| {cannot} |" in markdown
+    assert "| finetune | speed | steps saved" in markdown and "indicative" in markdown
+    assert "## Across targets (rliable)" in markdown and report.aggregate_png.read_bytes()[:4] == b"\x89PNG"
     data = json.loads(report.report_json.read_text())
+    assert data["verdicts"]["short"]["finetune"]["seeds_needed"] == 8
+    assert len(data["verdicts"]["short"]["frozen-actor"]["tests"]) == 3
+    assert set(data["aggregate"]["iqm"]["area"]) == {"scratch", "finetune", "frozen-actor"}
+    assert data["aggregate"]["seeds"] == [0, 1]
     assert set(data["metrics"]["short"]) == {"finetune", "frozen-actor"}
     assert len(data["metrics"]["short"]["finetune"]["per_seed"]) == 2
     assert data["config"]["budget"] == 512 and data["versions"]["stable-baselines3"]
@@ -70,7 +80,10 @@ def test_tiny_study_in_parallel_writes_report_plot_and_tensorboard(study, capsys
     assert (
         "metrics/speedup" in EventAccumulator(str(summary / "short" / "finetune")).Reload().Tags()["scalars"]
     )
-    assert "study/learning_curves" in EventAccumulator(str(summary / "figures")).Reload().Tags()["images"]
+    figures = EventAccumulator(str(summary / "figures")).Reload().Tags()
+    assert {"study/learning_curves", "study/aggregate"} <= set(figures["images"])
+    assert "aggregate/iqm_area/finetune" in figures["scalars"]
+    assert "aggregate/probability_of_improvement_area/finetune" in figures["scalars"]
     # every run sits in its own run directory, grouped by target and strategy for TensorBoard
     assert (report.study_dir / "runs" / "short" / "finetune" / "seed1" / "best_model.zip").exists()
 

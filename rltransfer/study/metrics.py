@@ -1,8 +1,9 @@
 """The standard transfer metrics (Taylor & Stone 2009; Zhu et al. 2023), computed from evaluation curves.
 
 Every metric is computed per seed, pairing a strategy's run with the scratch run of the same seed, then summarised
-across seeds as a median with a bootstrap 95% confidence interval. A run that never reaches the threshold is
-censored at the budget: its time to threshold is the budget, flagged, never dropped.
+across seeds as a median with an order-statistic interval (rltransfer.study.stats). A run that never reaches the
+threshold is censored at the budget: its time to threshold is the budget, flagged, never dropped. Verdicts are not
+made here but in rltransfer.study.verdict, from paired tests over all of a target's strategies.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from rltransfer.study.stats import median_interval
 
 Curve = Sequence[tuple[float, float]]  # (environment step, mean evaluation return), step 0 first
 
@@ -28,12 +31,18 @@ class Threshold:
 
 @dataclass(frozen=True)
 class Summary:
-    """Median across seeds with a bootstrap 95% confidence interval."""
+    """Median across seeds with an interval covering it with probability ``coverage`` (95% or more from 6 seeds)."""
 
     median: float
     low: float
     high: float
     n: int
+    coverage: float = math.nan
+
+    @property
+    def indicative(self) -> bool:
+        """Too few seeds for a 95% interval: the range of the seeds is shown, with its lower coverage."""
+        return not self.coverage >= 0.95
 
     def excludes(self, value: float) -> bool:
         return self.low > value or self.high < value
@@ -105,16 +114,10 @@ def transfer_ratio(auc_transfer: float, auc_scratch: float) -> float:
     return (auc_transfer - auc_scratch) / abs(auc_scratch)
 
 
-def bootstrap_median(values: Sequence[float], *, resamples: int = 5000, seed: int = 0) -> Summary:
-    """Median of `values` with a percentile-bootstrap 95% interval (seeded, so reports are reproducible)."""
-    data = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
-    if data.size == 0:
-        return Summary(math.nan, math.nan, math.nan, 0)
-    rng = np.random.default_rng(seed)
-    samples = rng.choice(data, size=(resamples, data.size), replace=True)
-    medians = np.median(samples, axis=1)
-    low, high = np.percentile(medians, [2.5, 97.5], method="nearest")
-    return Summary(float(np.median(data)), float(low), float(high), int(data.size))
+def summarise(values: Sequence[float]) -> Summary:
+    """Median of `values` (NaN left out) with its order-statistic interval (95% coverage or more from 6 values)."""
+    median, low, high, coverage = median_interval(values)
+    return Summary(median, low, high, sum(not math.isnan(v) for v in values), coverage)
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,10 @@ class SeedMetrics:
     stable_censored: bool
     speedup: float
     stable_speedup: float
+    steps_saved: float
+    """Scratch's time to threshold minus the strategy's (positive: faster); the speed verdict tests this."""
+    auc_gain: float
+    """The strategy's area under the curve minus scratch's; the area verdict tests this."""
 
 
 def seed_metrics(
@@ -156,10 +163,10 @@ def seed_metrics(
         stable_censored=reach_t.stable_censored,
         speedup=speedup(reach_s.first, reach_t.first),
         stable_speedup=speedup(reach_s.stable, reach_t.stable),
+        steps_saved=reach_s.first - reach_t.first,
+        auc_gain=auc_t - auc_s,
     )
 
-
-MIN_SEEDS = 2  # paired seeds needed before a strategy is called better or worse than scratch
 
 SUMMARISED = (
     "jumpstart",
@@ -171,45 +178,31 @@ SUMMARISED = (
     "stable_time_to_threshold",
     "speedup",
     "stable_speedup",
+    "steps_saved",
+    "auc_gain",
 )
 
 
 @dataclass(frozen=True)
 class StrategyMetrics:
-    """A strategy's metrics on one target: per seed, summarised, and the negative-transfer verdict."""
+    """A strategy's metrics on one target: per seed and summarised across seeds."""
 
     per_seed: list[SeedMetrics]
     summary: dict[str, Summary]
     censored: int
-    negative_transfer: bool
-    negative_reasons: list[str]
 
     def as_dict(self) -> dict:
         return {
             "per_seed": [json_safe(asdict(m)) for m in self.per_seed],
             "summary": {k: json_safe(asdict(v)) for k, v in self.summary.items()},
             "censored": self.censored,
-            "negative_transfer": self.negative_transfer,
-            "negative_reasons": self.negative_reasons,
         }
 
 
-def strategy_metrics(per_seed: list[SeedMetrics], *, seed: int = 0) -> StrategyMetrics:
-    """Summaries across seeds; negative transfer when the area or the speed-up is worse than scratch beyond its CI."""
-    summary = {name: bootstrap_median([getattr(m, name) for m in per_seed], seed=seed) for name in SUMMARISED}
-    reasons = []
-    # one seed gives a zero-width interval: no verdict without at least MIN_SEEDS paired seeds
-    if summary["transfer_ratio"].n >= MIN_SEEDS and summary["transfer_ratio"].high < 0:
-        reasons.append("area under the curve below scratch's (transfer ratio CI < 0)")
-    if summary["speedup"].n >= MIN_SEEDS and summary["speedup"].high < 1:
-        reasons.append("slower to the threshold than scratch (speed-up CI < 1)")
-    return StrategyMetrics(
-        per_seed=per_seed,
-        summary=summary,
-        censored=sum(m.censored for m in per_seed),
-        negative_transfer=bool(reasons),
-        negative_reasons=reasons,
-    )
+def strategy_metrics(per_seed: list[SeedMetrics]) -> StrategyMetrics:
+    """Every metric summarised across the paired seeds."""
+    summary = {name: summarise([getattr(m, name) for m in per_seed]) for name in SUMMARISED}
+    return StrategyMetrics(per_seed=per_seed, summary=summary, censored=sum(m.censored for m in per_seed))
 
 
 def json_safe(data: dict) -> dict:

@@ -14,32 +14,37 @@ from matplotlib.figure import Figure
 from torch.utils.tensorboard import SummaryWriter
 
 from rltransfer.core.io import atomic_path, versions, write_json, write_text
+from rltransfer.study.aggregate import Aggregate, aggregate, format_aggregate
+from rltransfer.study.aggregate import figure as aggregate_figure
 from rltransfer.study.metrics import (
-    MIN_SEEDS,
     StrategyMetrics,
     Summary,
     area_under_curve,
     asymptotic_return,
-    bootstrap_median,
     initial_return,
     json_safe,
     seed_metrics,
     strategy_metrics,
+    summarise,
     time_to_threshold,
     within_budget,
 )
 from rltransfer.study.plan import StudyPlan
+from rltransfer.study.stats import ALPHA
+from rltransfer.study.verdict import Verdict, target_verdicts
 
 
 @dataclass
 class StudyReport:
-    """What a study measured: metrics[target][strategy], the failed runs, and the report files."""
+    """What a study measured: metrics[target][strategy], verdicts[target][strategy], the failed runs, the files."""
 
     study_dir: Path
     metrics: dict[str, dict[str, StrategyMetrics]]
+    verdicts: dict[str, dict[str, Verdict]]
     scratch: dict[str, dict[str, Summary]]
     failed: dict[str, str]
     table: str
+    aggregate: Aggregate
 
     @property
     def report_md(self) -> Path:
@@ -52,6 +57,10 @@ class StudyReport:
     @property
     def curves_png(self) -> Path:
         return self.study_dir / "curves.png"
+
+    @property
+    def aggregate_png(self) -> Path:
+        return self.study_dir / "aggregate.png"
 
 
 def _curves(plan: StudyPlan, results: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[int, list]]]:
@@ -93,16 +102,23 @@ def build_report(plan: StudyPlan, results: dict[str, dict[str, Any]]) -> StudyRe
             ]
             if per_seed:
                 metrics[target][strategy] = strategy_metrics(per_seed)
+    verdicts = {
+        target: target_verdicts({s: m.per_seed for s, m in by.items()}) for target, by in metrics.items()
+    }
     failed = {
         key: record.get("error", "") for key, record in results.items() if record.get("status") != "finished"
     }
-    table = format_tables(metrics, scratch_summary, plan.thresholds)
-    report = StudyReport(plan.study_dir, metrics, scratch_summary, failed, table)
-    figure = _figure(plan, curves)
-    _save_png(figure, report.curves_png)
+    table = format_tables(metrics, verdicts, scratch_summary, plan.thresholds)
+    overall = aggregate(curves, plan.thresholds, list(plan.strategies), last=config.last_evals)
+    report = StudyReport(plan.study_dir, metrics, verdicts, scratch_summary, failed, table, overall)
+    figures = {"study/learning_curves": _figure(plan, curves)}
+    _save_png(figures["study/learning_curves"], report.curves_png)
+    if overall.strategies:
+        figures["study/aggregate"] = aggregate_figure(overall)
+        _save_png(figures["study/aggregate"], report.aggregate_png)
     write_text(report.report_md, _markdown(plan, report))
     write_json(report.report_json, _json(plan, report, results))
-    _tensorboard(plan, curves, report, figure)  # closes the figure
+    _tensorboard(plan, curves, report, figures)  # closes the figures
     print(table)
     if failed:
         print(f"{len(failed)} runs failed (re-run the study to retry them):", file=sys.stderr)
@@ -123,7 +139,7 @@ def _scratch_summary(
         values["asymptotic"].append(asymptotic_return(curve, last))
         values["auc"].append(area_under_curve(curve))
         values["time_to_threshold"].append(time_to_threshold(curve, threshold, budget).first)
-    return {name: bootstrap_median(v) for name, v in values.items()}
+    return {name: summarise(v) for name, v in values.items()}
 
 
 COLUMNS = (
@@ -136,7 +152,9 @@ COLUMNS = (
 )
 
 
-def _rows(metrics: dict[str, StrategyMetrics], scratch: dict[str, Summary]) -> list[list[str]]:
+def _rows(
+    metrics: dict[str, StrategyMetrics], verdicts: dict[str, Verdict], scratch: dict[str, Summary]
+) -> list[list[str]]:
     rows = [["strategy", *(title for _, title, _ in COLUMNS), "verdict"]]
     if scratch.get("time_to_threshold") and scratch["time_to_threshold"].n:
         rows.append(
@@ -160,41 +178,39 @@ def _rows(metrics: dict[str, StrategyMetrics], scratch: dict[str, Summary]) -> l
             elif 0 < result.summary[name].n < len(result.per_seed):  # e.g. a ratio to a scratch area of 0
                 text += f" ({result.summary[name].n}/{len(result.per_seed)} seeds)"
             cells.append(text)
-        if len(result.per_seed) < MIN_SEEDS:
-            verdict = "too few seeds for a verdict"
-        elif result.negative_transfer:
-            verdict = "NEGATIVE TRANSFER"
-        else:
-            gains = []
-            if result.summary["speedup"].low > 1:
-                gains.append("faster than scratch")
-            asymptote = result.summary["asymptotic_gain"]
-            if asymptote.n >= MIN_SEEDS and asymptote.low > 0:
-                gains.append("higher asymptote than scratch")
-            ratio = result.summary["transfer_ratio"]
-            if ratio.n >= MIN_SEEDS and ratio.low > 0:
-                gains.append("larger area under the curve")
-            verdict = ", ".join(gains) or "no clear difference"
-        cells.append(verdict)
+        cells.append(verdicts[strategy].text)
         rows.append(cells)
     return rows
 
 
+def interval_note(metrics: dict[str, StrategyMetrics]) -> str:
+    """What the table's intervals are: 95% order-statistic intervals, or the seeds' range with its coverage."""
+    seeds = min((len(result.per_seed) for result in metrics.values()), default=0)
+    coverages = [s.coverage for result in metrics.values() for s in result.summary.values() if s.n == seeds]
+    if seeds and coverages and min(coverages) < 0.95:
+        return (
+            f"median [range] across {seeds} seeds; the range covers the median with only {min(coverages):.0%} "
+            "probability, so the intervals are indicative"
+        )
+    return "median [interval covering it with >= 95% probability] across seeds"
+
+
 def format_tables(
     metrics: dict[str, dict[str, StrategyMetrics]],
+    verdicts: dict[str, dict[str, Verdict]],
     scratch: dict[str, dict[str, Summary]],
     thresholds: dict[str, float],
 ) -> str:
-    """Plain-text tables (one per target) of median [95% CI] across seeds."""
+    """Plain-text tables (one per target) of medians and intervals across seeds, with the verdicts."""
     blocks = []
     for target, by_strategy in metrics.items():
-        rows = _rows(by_strategy, scratch.get(target, {}))
+        rows = _rows(by_strategy, verdicts[target], scratch.get(target, {}))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = [
             "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
         ]
         blocks.append(
-            f"{target} (threshold {thresholds[target]:g}; median [95% CI] across seeds)\n" + "\n".join(lines)
+            f"{target} (threshold {thresholds[target]:g}; {interval_note(by_strategy)})\n" + "\n".join(lines)
         )
     return "\n\n".join(blocks)
 
@@ -209,18 +225,26 @@ def _markdown(plan: StudyPlan, report: StudyReport) -> str:
         f"{' (deterministic)' if config.eval.deterministic else ''}; seeds {config.seed_list()}.",
         f"Reproduce: {_command()} (the resolved config is in report.json).",
         "",
-        "Each cell is the median across seeds with a bootstrap 95% interval, each seed paired with scratch on the same "
-        "seed. Time to threshold is the first evaluation at or above the threshold; a run that never gets there counts "
-        "as the budget (censored) and is counted in the table. Speed-up = scratch's time / the strategy's time; the "
-        "stable variant uses the first evaluation after which the return stays above the threshold. A strategy whose "
-        "transfer-ratio interval lies below 0, or whose speed-up interval lies below 1, is flagged as negative transfer; "
-        "one whose speed-up interval lies above 1 is faster than scratch, one whose asymptotic-gain interval lies above 0 "
-        "reaches a higher asymptote, one whose transfer-ratio interval lies above 0 has a larger area under the curve.",
+        "Each cell is the median across seeds, each seed paired with scratch on the same seed, with an interval from "
+        "order statistics that covers the median with at least 95% probability (from 6 seeds; below that the seeds' "
+        "range is shown and marked indicative). Time to threshold is the first evaluation at or above the threshold; "
+        "a run that never gets there counts as the budget (censored) and is counted in the table. Speed-up = "
+        "scratch's time / the strategy's time; the stable variant uses the first evaluation after which the return "
+        "stays above the threshold.",
+        "",
+        "Verdicts come from paired tests: for each strategy, the per-seed differences from scratch in steps to the "
+        "threshold, asymptotic return and area under the curve, each with an exact two-sided sign-flip test, and "
+        f"Holm's correction over all of a target's tests, so a target with no real effect gets any verdict at most "
+        f"{ALPHA:.0%} of the time. A verdict is stated only when its corrected p-value is at most {ALPHA:g}; "
+        "significantly slower, lower or smaller is NEGATIVE TRANSFER; otherwise 'no clear difference', or, when the "
+        "seeds are too few for any test to succeed, how many are needed.",
         "",
     ]
     for target, by_strategy in report.metrics.items():
         lines += [f"## {target} (threshold {plan.thresholds[target]:g})", ""]
-        rows = _rows(by_strategy, report.scratch.get(target, {}))
+        rows = _rows(by_strategy, report.verdicts[target], report.scratch.get(target, {}))
+        note = interval_note(by_strategy)
+        lines += [note[0].upper() + note[1:] + ".", ""]
         lines.append("| " + " | ".join(rows[0]) + " |")
         lines.append("|" + "---|" * len(rows[0]))
         lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
@@ -231,16 +255,37 @@ def _markdown(plan: StudyPlan, report: StudyReport) -> str:
                 f"Scratch did not reach the threshold within the budget on most seeds (median censored at "
                 f"{config.budget:,}): its real time is longer, so every speed-up here is a lower bound.",
             ]
-        lines += [""] + [
+        lines += ["", *_test_rows(report.verdicts[target]), ""] + [
             f"- `{name}`: "
             + ("fresh weights, same budget (the baseline)" if name == "scratch" else _describe_strategy(spec))
             for name, spec in plan.strategies.items()
         ]
         lines.append("")
+    lines += ["## Across targets (rliable)", "", *format_aggregate(report.aggregate), ""]
+    if report.aggregate.strategies:
+        lines += [
+            "![IQM, probability of improvement, performance profile and sample efficiency](aggregate.png)",
+            "",
+        ]
     lines += ["## Learning curves", "", "![learning curves](curves.png)", ""]
     if report.failed:
         lines += ["## Failed runs", ""] + [f"- `{k}`: {v}" for k, v in report.failed.items()] + [""]
     return "\n".join(lines)
+
+
+def _test_rows(verdicts: dict[str, Verdict]) -> list[str]:
+    lines = [
+        "| strategy | test | mean paired difference | seeds | p | p (Holm) | significant |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = {"steps_saved": "steps saved", "asymptotic_gain": "asymptotic gain", "auc_gain": "area gain"}
+    for strategy, verdict in verdicts.items():
+        for test in verdict.tests:
+            lines.append(
+                f"| {strategy} | {test.metric} | {names[test.difference]} {test.mean:,.1f} | {test.n} | "
+                f"{test.pvalue:.4f} | {test.adjusted:.4f} | {'yes' if test.significant else 'no'} |"
+            )
+    return lines
 
 
 def _command() -> str:
@@ -279,7 +324,9 @@ def _json(plan: StudyPlan, report: StudyReport, results: dict[str, dict[str, Any
         "thresholds": plan.thresholds,
         "strategies": plan.strategies,
         "metrics": {t: {s: m.as_dict() for s, m in by.items()} for t, by in report.metrics.items()},
+        "verdicts": {t: {s: v.as_dict() for s, v in by.items()} for t, by in report.verdicts.items()},
         "scratch": {t: {k: json_safe(asdict(v)) for k, v in s.items()} for t, s in report.scratch.items()},
+        "aggregate": report.aggregate.as_dict(),
         "runs": {
             key: {k: v for k, v in record.items() if k != "traceback"}
             for key, record in sorted(results.items())
@@ -316,7 +363,7 @@ def _figure(plan: StudyPlan, curves: dict[str, dict[str, dict[int, list]]]) -> F
             (line,) = axis.plot(steps, mean, label=f"{strategy} ({len(runs)} seeds)", **style)
             axis.fill_between(steps, low, high, alpha=0.2, color=line.get_color())
         axis.axhline(plan.thresholds[target], color="grey", linewidth=0.8, linestyle=":")
-        axis.set_title(target)
+        axis.set_title(f"{target}: mean, bootstrap band (indicative)", fontsize=9)
         axis.set_xlabel("environment steps")
         axis.set_ylabel("evaluation return")
         axis.legend(fontsize=8)
@@ -330,7 +377,10 @@ def _save_png(figure: Any, path: Path) -> None:
 
 
 def _tensorboard(
-    plan: StudyPlan, curves: dict[str, dict[str, dict[int, list]]], report: StudyReport, figure: Any
+    plan: StudyPlan,
+    curves: dict[str, dict[str, dict[int, list]]],
+    report: StudyReport,
+    figures: dict[str, Any],
 ) -> None:
     """``summary/<target>/<strategy>``: mean curve over seeds (strategies overlay), metrics, hparams, the plot."""
     root = plan.study_dir / "summary"
@@ -361,7 +411,9 @@ def _tensorboard(
                     if math.isfinite(value):
                         writer.add_scalar(f"metrics/{name}", value, 0)
                         scalars[f"metrics/{name}"] = value
-                scalars["metrics/negative_transfer"] = float(result.negative_transfer)
+                scalars["metrics/negative_transfer"] = float(
+                    report.verdicts[target][strategy].negative_transfer
+                )
             else:
                 scalars["metrics/speedup"] = 1.0
             writer.add_hparams(
@@ -376,6 +428,13 @@ def _tensorboard(
             )
             writer.close()
     writer = SummaryWriter(str(root / "figures"))
-    writer.add_figure("study/learning_curves", figure, 0, close=True)
+    for tag, figure in figures.items():
+        writer.add_figure(tag, figure, 0, close=True)
+    for score, by_strategy in report.aggregate.iqm.items():
+        for strategy, (point, _, _) in by_strategy.items():
+            writer.add_scalar(f"aggregate/iqm_{score}/{strategy}", point, 0)
+    for score, by_strategy in report.aggregate.improvement.items():
+        for strategy, (point, _, _) in by_strategy.items():
+            writer.add_scalar(f"aggregate/probability_of_improvement_{score}/{strategy}", point, 0)
     writer.add_text("study/report", "\n".join("    " + line for line in report.table.splitlines()), 0)
     writer.close()

@@ -22,6 +22,8 @@ from rltransfer.study.execute import execute_run, finished_result
 from rltransfer.study.executor import Executor, LocalExecutor
 from rltransfer.study.plan import RunSpec, StudyPlan, config_fingerprint, plan_study
 from rltransfer.study.report import StudyReport, build_report
+from rltransfer.study.stats import seeds_needed
+from rltransfer.study.verdict import TESTED
 
 STUDY_CONFIG = "study.yaml"
 
@@ -39,6 +41,7 @@ def run_study(
     plan = plan_study(config)
     plan.study_dir.mkdir(parents=True, exist_ok=True)
     write_text(plan.study_dir / STUDY_CONFIG, dump_config(config))  # what --resume STUDY_DIR runs again
+    _warn_if_too_few_seeds(plan)
     if plan.source_config is not None:
         _train_source(plan)
     results: dict[str, dict[str, Any]] = {}
@@ -106,6 +109,20 @@ def _execute(executor: Executor, pending: list[RunSpec], progress: _Progress, st
             file=sys.stderr,
         )
     sys.stdout.flush()
+
+
+def _warn_if_too_few_seeds(plan: StudyPlan) -> None:
+    """Say before any run starts when the seeds cannot support a verdict, and how many would."""
+    tests = len(TESTED) * sum(1 for name in plan.strategies if name != "scratch")
+    seeds = len(plan.config.seed_list())
+    needed = seeds_needed(tests)
+    if tests and seeds < needed:
+        print(
+            f"Note: {seeds} seeds cannot show a difference at 5% with {tests} tests (3 per strategy); the report "
+            f"will give numbers but no verdict. Use at least {needed} seeds (--seeds {needed}) for one.",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _train_source(plan: StudyPlan) -> Path:

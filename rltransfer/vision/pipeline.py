@@ -490,8 +490,12 @@ def _report(config: ImageConfig, result: ImageResult) -> None:
         )
         lines.append(f"| {phase.name} | {phase.accuracy:.3f} | {stages} |")
     if result.gain is not None:
-        verdict = "transfer beat scratch" if result.gain > 0 else "transfer did NOT beat scratch"
-        lines += ["", f"Transfer minus scratch: {result.gain:+.3f} ({verdict})."]
+        ahead = "transfer ahead" if result.gain > 0 else "transfer NOT ahead"
+        lines += [
+            "",
+            f"Transfer minus scratch: {result.gain:+.3f} ({ahead} on this seed; one run is not a test: "
+            "compare several seeds before calling it).",
+        ]
     lines += ["", f"Run time {result.seconds:.1f} s. Confusion matrices: confusion-*.png.", ""]
     write_text(result.run_dir / "report.md", "\n".join(lines))
 
