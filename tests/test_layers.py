@@ -172,3 +172,14 @@ def test_frozen_models_still_pickle(tmp_path) -> None:
     loaded = torch.load(tmp_path / "model.pt", weights_only=False)
     loaded.train()
     assert loaded[1].training is False and loaded[5].training is True
+
+
+def test_a_typo_hint_only_suggests_layers_that_can_be_selected() -> None:
+    policy = ppo_policy()
+    # policy_net.1 is a Tanh: close in spelling to policy_net.3, but it holds no parameters, so never a suggestion
+    with pytest.raises(LayerSelectionError) as error:
+        rltransfer.select_layers(policy, ["mlp_extractor.policy_net.3"])
+    assert "did you mean `mlp_extractor.policy_net.1`" not in str(error.value)
+    assert "did you mean `mlp_extractor.policy_net." in str(error.value)  # .0 or .2, both hold weights
+    with pytest.raises(LayerSelectionError, match="did you mean `up_to:mlp_extractor.policy_net.2`"):
+        rltransfer.select_layers(policy, ["up_to:mlp_extractor.policy_net.22"])

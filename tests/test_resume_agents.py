@@ -305,3 +305,25 @@ def test_a_crash_in_the_middle_of_a_checkpoint_leaves_the_previous_one_whole(
         save_agent_checkpoint(model, tmp_path, {})
     state = read_agent_checkpoint(tmp_path)  # the first checkpoint: every digest still matches
     assert state["num_timesteps"] == 60
+
+
+def test_a_fault_before_any_saved_model_does_not_name_a_missing_file(
+    tmp_path: Path, tiny_train: dict
+) -> None:
+    from rltransfer.agents import build_agent
+    from rltransfer.core.io import prepare_run_dir
+    from rltransfer.rl.environment import make_envs
+    from rltransfer.rl.training import run_training
+
+    config = parse_config(
+        {**tiny_train, "agent": {**tiny_train["agent"], "optimizer": {"lr": float("inf")}}}, TrainConfig
+    )
+    train_env, eval_env = make_envs(config.env, 0)
+    model = build_agent(config.agent, train_env, seed=0, device="cpu")
+    run = prepare_run_dir(config.log_root, config.name)
+    with pytest.raises(NumericalError) as caught:
+        run_training(model, config, run, eval_env, kind="train", progress_bar=False)
+    message = str(caught.value)
+    best = run / "best_model.zip"  # the first update blows up before the first evaluation could save a model
+    assert not best.exists() and str(best) not in message
+    assert "No model was saved before it" in message and "learning rate too high" in message

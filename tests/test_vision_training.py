@@ -483,3 +483,12 @@ def test_weights_from_an_image_run_directory(tmp_path: Path) -> None:
     assert again.transfer.stages[0].cached  # the trunk came from the run's model/ folder and stayed frozen
     head_stage_start = torch.load(again.run_dir / "model" / "model.pt", weights_only=True)
     assert head_stage_start["fc.linear.weight"].shape == trained["fc.linear.weight"].shape
+
+
+def test_a_transfer_with_nothing_to_transfer_says_so(tmp_path: Path) -> None:
+    config = tiny_digits_config(tmp_path, name="nothing").model_copy(update={"source": None})
+    result = run_image(config, progress=False, log=lambda *_: None)
+    assert not result.transferred and "nothing was transferred" in result.summary()
+    report = (result.run_dir / "report.md").read_text()
+    assert "Nothing was transferred" in report and "between two random starts" in report
+    assert result.scratch is not None  # the baseline still ran: the numbers are there, the claim is not

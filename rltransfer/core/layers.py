@@ -135,9 +135,13 @@ def select_layers(model: nn.Module, patterns: str | Iterable[str]) -> list[str]:
         else:
             matched = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
         if not any(_holds_parameters(model, name) for name in matched):
+            # only names a selector could usefully select: modules holding parameters (not activations)
+            choices = list(dict.fromkeys(layers + [n for n in names if n and _holds_parameters(model, n)]))
+            if pattern.startswith(UP_TO):
+                choices = [UP_TO + name for name in choices]
             raise LayerSelectionError(
                 f"The layer selector `{pattern}` matches no layer of this {type(model).__name__}"
-                f"{did_you_mean(pattern, layers + names)}. Its layers are: {short_list(layers)}. "
+                f"{did_you_mean(pattern, choices)}. Its layers are: {short_list(layers)}. "
                 "Use an exact name, a glob such as `name.*`, or `up_to:NAME`; `rltransfer layers` prints them."
             )
         selected.extend(name for name in matched if name not in selected)

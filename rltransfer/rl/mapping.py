@@ -75,7 +75,8 @@ def _shapes(shapes: list[tuple[int, ...]]) -> str:
 def _group(keys: list[str]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for key in keys:
-        groups.setdefault(key.rpartition(".")[0], []).append(key)
+        # a parameter the model holds itself (PPO's log_std) has no layer: its row is named after it
+        groups.setdefault(key.rpartition(".")[0] or key, []).append(key)
     return groups
 
 

@@ -330,10 +330,14 @@ def _stop_if_unfinished(
             else "no checkpoint was saved before it"
         )
         record.update(status="failed", error=checkpointing.numerical, timesteps=int(model.num_timesteps))
+        best = (
+            f"The best model so far is {record.best_model}"
+            if record.best_model.exists()
+            else "No model was saved before it (no evaluation had finished)"
+        )
         raise NumericalError(
             f"Training stopped: {checkpointing.numerical}. Likely causes: a learning rate too high for this agent "
-            f"(now {lr:g}; lower `agent.optimizer.lr`) or rewards on a large scale (rescale them). The best model so "
-            f"far is {record.best_model}; {kept}."
+            f"(now {lr:g}; lower `agent.optimizer.lr`) or rewards on a large scale (rescale them). {best}; {kept}."
         )
     if checkpointing.signal is not None:
         record.update(status="interrupted", timesteps=int(model.num_timesteps), signal=checkpointing.signal)

@@ -71,6 +71,8 @@ class ImageResult:
     cache_hits: int = 0
     cache_misses: int = 0
     seconds: float = 0.0
+    transferred: bool = True
+    """False when there was nothing to transfer: no source stage, no starting weights, no module of the user's."""
 
     @property
     def gain(self) -> float | None:
@@ -80,6 +82,8 @@ class ImageResult:
     def summary(self) -> str:
         on = self.transfer.evaluated_on
         lines = [f"{self.run_dir}: transferred model {on} accuracy {self.transfer.accuracy:.3f}"]
+        if not self.transferred:
+            lines.append("  nothing was transferred: no source stage and no starting weights (random start)")
         if self.scratch is not None:
             lines.append(
                 f"  from scratch on the same labels: {self.scratch.accuracy:.3f} (transfer "
@@ -156,6 +160,7 @@ def run_image(
     result = ImageResult(
         run_dir, target.classes, done["transfer"], done.get("source"), done.get("scratch"), cache.hits,
         cache.misses, time.perf_counter() - started,
+        config.source is not None or config.model.weights is not None or model is not None,
     )  # fmt: skip
     _report(config, result)
     record.update(status="finished", seconds=round(result.seconds, 2), accuracy=result.transfer.accuracy)
@@ -489,6 +494,12 @@ def _report(config: ImageConfig, result: ImageResult) -> None:
             for s in phase.stages
         )
         lines.append(f"| {phase.name} | {phase.accuracy:.3f} | {stages} |")
+    if not result.transferred:
+        lines += [
+            "",
+            "Nothing was transferred: no source stage and no starting weights, so the 'transfer' network started "
+            "from random weights like the baseline; the difference below is between two random starts.",
+        ]
     if result.gain is not None:
         ahead = "transfer ahead" if result.gain > 0 else "transfer NOT ahead"
         lines += [
