@@ -329,3 +329,20 @@ def test_a_source_with_nan_weights_is_refused_naming_file_and_tensor(tmp_path, t
     with pytest.raises(TransferError, match="holds NaN or infinite values"):
         rltransfer.transfer(tiny_transfer, progress_bar=False, verbose=False)
     assert not (Path(tiny_transfer["log_root"]) / "tiny-transfer").exists()
+
+
+def test_a_parameter_held_by_the_policy_itself_gets_a_named_row() -> None:
+    import torch
+
+    from rltransfer.rl.mapping import plan_mapping
+
+    state = {
+        "log_std": torch.zeros(2),
+        "action_net.weight": torch.zeros(2, 4),
+        "action_net.bias": torch.zeros(2),
+    }
+    mapping = plan_mapping(state, state)
+    assert set(mapping.copied) == {"log_std", "action_net"} and "" not in mapping.copied
+    wider = {**state, "log_std": torch.zeros(3)}  # another action count: log_std is re-initialised, by name
+    assert plan_mapping(state, wider).reinitialised["log_std"]["target"] == [(3,)]
+    assert "log_std" in plan_mapping(state, state, reinit=["log_std"]).reinitialised
