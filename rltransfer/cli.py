@@ -110,8 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RLTransferError as error:
         print(f"rltransfer: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("rltransfer: interrupted.", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        print(f"rltransfer: {stop or 'interrupted.'}", file=sys.stderr)
         return 130
 
 

@@ -3,6 +3,7 @@ checkpoints are refused, NaN parameters stop a run, and a kill during a save lea
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -327,3 +328,31 @@ def test_a_fault_before_any_saved_model_does_not_name_a_missing_file(
     best = run / "best_model.zip"  # the first update blows up before the first evaluation could save a model
     assert not best.exists() and str(best) not in message
     assert "No model was saved before it" in message and "learning rate too high" in message
+
+
+def test_a_second_ctrl_c_says_what_can_still_be_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rltransfer import cli
+    from rltransfer.core import interrupt
+
+    with interrupt.stop_on_signals(resume=(tmp_path / "study", "study")):
+        with interrupt.stop_on_signals(resume=(tmp_path / "study/runs/a/seed0", "train")):  # inner: not named
+            interrupt._handler(signal.SIGINT, None)  # the first Ctrl-C asks for a clean stop
+            with pytest.raises(interrupt.StoppedAtOnce) as caught:
+                interrupt._handler(signal.SIGINT, None)  # the second stops at once
+    message = str(caught.value)
+    assert f"rltransfer study --resume {tmp_path / 'study'}" in message and "seed0" not in message
+    assert interrupt.stop_requested() is None  # the outermost block leaves nothing behind
+
+    def stopped(_args: object) -> int:
+        raise caught.value
+
+    monkeypatch.setattr(cli, "_dispatch", stopped)
+    capture = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", capture)
+    assert cli.main(["envs"]) == 130
+    assert (
+        capture.getvalue().startswith("rltransfer: Stopped at once by a second Ctrl-C")
+        and "--resume" in capture.getvalue()
+    )

@@ -13,6 +13,23 @@ from rltransfer.core.errors import RLTransferError
 
 _requested: list[int] = []
 _depth: list[int] = [0]  # nested stop_on_signals blocks share one request (a study running a training)
+_resumable: list[tuple[Path, str]] = []  # the outermost block's (directory, command): what a hint resumes
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second Ctrl-C: stopped without a new checkpoint; the message says what can still be resumed."""
+
+    def __init__(self, resume: tuple[Path, str] | None) -> None:
+        if resume is None:
+            text = "Stopped at once by a second Ctrl-C, without saving a checkpoint."
+        else:
+            folder, command = resume
+            text = (
+                f"Stopped at once by a second Ctrl-C, without saving a new checkpoint. What was saved before it "
+                f"(finished runs, the last periodic checkpoint) is in {folder}; continue with: "
+                f"rltransfer {command} --resume {folder}"
+            )
+        super().__init__(text)
 
 
 class Interrupted(RLTransferError):
@@ -45,17 +62,21 @@ def request_stop(signum: int = signal.SIGINT) -> None:
 
 def _handler(signum: int, _frame: FrameType | None) -> None:
     if _requested and signum == signal.SIGINT:
-        raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        raise StoppedAtOnce(_resumable[0] if _resumable else None)  # stop now, without a checkpoint
     request_stop(signum)
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """Within the block SIGINT and SIGTERM request a clean stop instead of killing the process."""
+def stop_on_signals(resume: tuple[Path, str] | None = None) -> Iterator[None]:
+    """Within the block SIGINT and SIGTERM request a clean stop instead of killing the process. ``resume``
+    (directory, command) is what a second, immediate Ctrl-C tells the user to resume (the outermost block's)."""
     outermost = _depth[0] == 0
     previous = {}
     if outermost:
         _requested.clear()
+        _resumable.clear()
+        if resume is not None:
+            _resumable.append((Path(resume[0]), resume[1]))
         try:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 previous[signum] = signal.signal(signum, _handler)
@@ -70,3 +91,4 @@ def stop_on_signals() -> Iterator[None]:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             _requested.clear()
+            _resumable.clear()

@@ -161,6 +161,7 @@ def run_training(
         [info, *extra, evaluation, checkpointing],
         checkpointing,
         record,
+        kind,
         progress_bar=progress_bar,
         fresh=checkpoint is None,
     )
@@ -271,6 +272,7 @@ def _learn(
     callbacks: list[BaseCallback],
     checkpointing: Checkpointing,
     record: RunRecord,
+    kind: str,
     *,
     progress_bar: bool,
     fresh: bool,
@@ -279,7 +281,7 @@ def _learn(
     :func:`_stop_if_unfinished`); a wrong hyperparameter type becomes a ConfigError."""
     evaluation = checkpointing.evaluation
     try:
-        with stop_on_signals():
+        with stop_on_signals(resume=(record.run_dir, kind)):
             model.learn(
                 total_timesteps=steps,
                 callback=callbacks,

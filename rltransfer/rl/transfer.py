@@ -19,7 +19,7 @@ from rltransfer.agents.freezing import freeze_agent, is_target_copy, layer_copie
 from rltransfer.core.config import coerce_config, dump_config
 from rltransfer.core.device import resolve_device
 from rltransfer.core.errors import ConfigError, LayerSelectionError, TransferError, short_list
-from rltransfer.core.interrupt import Interrupted
+from rltransfer.core.interrupt import Interrupted, stop_on_signals
 from rltransfer.core.io import lock_run_dir, prepare_run_dir, release_run_dir, write_text
 from rltransfer.core.layers import select_layers
 from rltransfer.core.record import RunRecord
@@ -73,14 +73,17 @@ def transfer(
         # what --resume needs if a signal stops the chain before its last stage starts
         write_text(run_dir / "config.yaml", dump_config(config))
         RunRecord(run_dir).update(kind="transfer", status="running", env=config.env.id)
-    source, trust, stages = _run_chain(config, run_dir, progress_bar, verbose)
-    if verbose:
-        print(f"Chain stage {len(config.chain) + 1} of {len(config.chain) + 1}: {config.env.id}", flush=True)
-    return _transfer_stage(
-        config, run_dir, source, trust, first=False,
-        resume=resume is not None and RunRecord(run_dir).has_checkpoint(),
-        progress_bar=progress_bar, verbose=verbose, chain=stages,
-    )  # fmt: skip
+    with stop_on_signals(resume=(run_dir, "transfer")):  # a second Ctrl-C in any stage names the whole run
+        source, trust, stages = _run_chain(config, run_dir, progress_bar, verbose)
+        if verbose:
+            print(
+                f"Chain stage {len(config.chain) + 1} of {len(config.chain) + 1}: {config.env.id}", flush=True
+            )
+        return _transfer_stage(
+            config, run_dir, source, trust, first=False,
+            resume=resume is not None and RunRecord(run_dir).has_checkpoint(),
+            progress_bar=progress_bar, verbose=verbose, chain=stages,
+        )  # fmt: skip
 
 
 def _run_chain(

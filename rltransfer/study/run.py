@@ -89,7 +89,7 @@ class _Progress:
 
 
 def _execute(executor: Executor, pending: list[RunSpec], progress: _Progress, study_dir: Path) -> None:
-    with stop_on_signals():
+    with stop_on_signals(resume=(study_dir, "study")):
         signum = executor.run(pending, progress) if pending else None
     signum = signum if signum is not None else (progress.stopped[0] if progress.stopped else None)
     if signum is not None:
@@ -134,7 +134,7 @@ def _train_source(plan: StudyPlan) -> Path:
         print(f"Source: reusing {run_dir}", flush=True)
         return run_dir
     print(f"Source: training {plan.source_config.env.id} into {run_dir}", flush=True)
-    with stop_on_signals():
+    with stop_on_signals(resume=(plan.study_dir, "study")):
         record = execute_run("train", plan.source_config.model_dump(mode="json"), str(run_dir), fingerprint)
     if record["status"] == "interrupted":
         raise Interrupted(record["signal"], plan.study_dir, "study", " while training the source")

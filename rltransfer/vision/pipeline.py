@@ -226,7 +226,7 @@ def _run_phases(
     the record's status in step with what happens."""
     config, done = context.config, context.done
     try:
-        with stop_on_signals():
+        with stop_on_signals(resume=(context.run_dir, "image")):
             for name, task, data, stages, save in plan:
                 if name in done:
                     continue
