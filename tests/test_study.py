@@ -248,3 +248,35 @@ def test_resuming_a_finished_study_by_its_directory_redoes_nothing(
     assert len(results) == 3  # the source and two runs
     assert main(["study", "--resume", str(tmp_path / "runs" / "tiny-study"), "--workers", "1"]) == 0
     assert [path.stat().st_mtime_ns for path in results] == stamps
+
+
+def test_an_interrupted_transfer_run_continues_after_the_study_directory_moved(
+    study, tmp_path: Path, monkeypatch
+) -> None:
+    """The run's saved config names the source where it lay; resumed from the new place it still continues."""
+    import shutil
+    import signal
+
+    from rltransfer.cli import main
+    from rltransfer.core.interrupt import Interrupted, request_stop
+    from rltransfer.rl.callbacks import Checkpointing
+
+    study.update(seeds=1, strategies=["finetune"], budget=1024)
+    original_save = Checkpointing.save
+
+    def save_then_stop(self) -> None:
+        original_save(self)
+        if "finetune" in str(self.run_dir):
+            request_stop(signal.SIGTERM)
+
+    monkeypatch.setattr(Checkpointing, "save", save_then_stop)
+    with pytest.raises(Interrupted):
+        run_study(study, workers=1, progress=False)
+    monkeypatch.setattr(Checkpointing, "save", original_save)
+    moved = tmp_path / "elsewhere" / "tiny-study"
+    moved.parent.mkdir()
+    shutil.move(str(tmp_path / "runs" / "tiny-study"), moved)
+    assert main(["study", "--resume", str(moved), "--workers", "1"]) == 0
+    record = json.loads((moved / "runs" / "short" / "finetune" / "seed0" / "run.json").read_text())
+    assert record["status"] == "finished" and record["resumed_from"] > 0
+    assert record["source"].startswith(str(moved))

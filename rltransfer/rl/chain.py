@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from rltransfer.core.config import dump_config
 from rltransfer.core.record import RunRecord
 from rltransfer.rl.config import TransferConfig
@@ -51,14 +53,27 @@ def stage_state(config: TransferConfig, stage_dir: Path) -> StageState:
     """Whether a stage with exactly this config already finished, was interrupted with a checkpoint to resume
     from, or must run afresh."""
     record = RunRecord.read(stage_dir)
-    same = record.config_path.is_file() and record.config_path.read_text(encoding="utf-8") == dump_config(
-        config
+    same = record.config_path.is_file() and _placeless(record.config_path.read_text(encoding="utf-8")) == (
+        _placeless(dump_config(config))
     )
     if same and record.status == "finished" and record.best_model.is_file():
         return "finished"
     if same and record.status == "interrupted" and record.has_checkpoint():
         return "interrupted"
     return "new"
+
+
+def _placeless(config_text: str) -> Any:
+    """A stage's config without where its files and its source lie: a run directory that moved (a study
+    resumed elsewhere, a run brought back from another machine) still matches its finished stages."""
+    try:
+        values = yaml.safe_load(config_text)
+    except yaml.YAMLError:
+        return None
+    if isinstance(values, dict):
+        for key in ("log_root", "source"):
+            values.pop(key, None)
+    return values
 
 
 def stage_summary(config: TransferConfig, stage_dir: Path) -> dict[str, Any]:

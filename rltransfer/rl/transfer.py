@@ -49,15 +49,20 @@ def transfer(
     progress_bar: bool = True,
     verbose: bool = True,
     resume: str | Path | None = None,
+    source: str | None = None,
 ) -> TransferResult:
     """Transfer a source agent to the config's target env, freeze the named layers and fine-tune the rest.
 
     With a ``chain``, the agent first goes through each intermediate game in turn (transitive transfer); the
     stages are run directories under ``<run_dir>/chain/``. ``resume`` continues an interrupted transfer from its
-    run directory (the same source must still exist); finished chain stages are reused, not retrained."""
+    run directory (the same source must still exist); finished chain stages are reused, not retrained. With
+    ``resume``, ``source`` says where that source lies now when it moved since the run started (a study directory
+    moved, a run continued on another machine); its digest must match the recorded one."""
     if resume is not None:
         lock_run_dir(Path(resume))
         config = resume_config(resume, TransferConfig)
+        if source is not None:
+            config = config.model_copy(update={"source": source})
     config = coerce_config(config, TransferConfig)
     check_chain(config)
     run_dir = Path(resume) if resume is not None else None
@@ -107,7 +112,7 @@ def _run_chain(
             if state == "finished" and verbose:
                 print(f"  reusing the finished stage {stage_dir}", flush=True)
             elif state == "interrupted":
-                transfer(progress_bar=progress_bar, verbose=verbose, resume=stage_dir)
+                transfer(progress_bar=progress_bar, verbose=verbose, resume=stage_dir, source=source)
             elif state == "new":
                 transfer(stage_config, progress_bar=progress_bar, verbose=verbose)
         except Interrupted as stop:

@@ -102,7 +102,9 @@ def _run(kind: str, config: TrainConfig | TransferConfig, path: Path, resume: bo
         return transfer(config, progress_bar=False, verbose=False)
     if kind == "train":
         return train(progress_bar=False, resume=path)
-    return transfer(progress_bar=False, verbose=False, resume=path)
+    assert isinstance(config, TransferConfig)
+    # the study's source as it lies now: the saved config may name where it lay when the run started
+    return transfer(progress_bar=False, verbose=False, resume=path, source=config.source)
 
 
 def _resumable(path: Path, fingerprint: str) -> bool:
