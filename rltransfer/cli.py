@@ -73,7 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
     study.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     study.add_argument("--log-root", dest="log_root", help="folder holding the study (default: runs)")
-    study.add_argument("--workers", type=int, help="parallel runs (default: the number of CPU cores)")
+    study.add_argument(
+        "--workers", type=int, help="local backend: parallel runs (default: the number of CPU cores)"
+    )
+    study.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        help="where runs execute: a local process pool or a Ray cluster",
+    )
+    study.add_argument(
+        "--address", help="ray backend: the cluster's head, HOST:PORT (default: start Ray on this machine)"
+    )
     image = commands.add_parser(
         "image",
         help="transfer an image classifier (freeze the trunk, new head, fine-tune) and compare with scratch",
@@ -132,22 +142,35 @@ def _study(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}.")
+    # where the runs execute may change on resume; what they compute may not
+    execution = {
+        f"execution.{key}": value
+        for key, value in (("backend", args.backend), ("address", args.address), ("workers", args.workers))
+        if value is not None
+    }
+    if args.address and args.backend is None:
+        execution["execution.backend"] = "ray"
+    if args.backend or args.address:  # a config's execution section belongs to the backend it names: replaced
+        execution = {"execution": {key.split(".")[1]: value for key, value in execution.items()}}
     if args.resume:
         if args.config or _overrides(args):
             raise ConfigError(
-                "--resume continues a study with its own saved config; give only --resume STUDY_DIR."
+                "--resume continues a study with its own saved config; give only --resume STUDY_DIR (and, to "
+                "change where its runs execute, --backend, --address or --workers)."
             )
         saved = Path(args.resume) / STUDY_CONFIG
         if not saved.is_file():
             raise ConfigError(f"{args.resume} is not an rltransfer study directory (no {STUDY_CONFIG}).")
         # the study lives where it is now, whatever log_root it was started with
         where = Path(args.resume).resolve()
-        study = load_config(saved, StudyConfig, {"log_root": str(where.parent), "name": where.name})
+        study = load_config(
+            saved, StudyConfig, {"log_root": str(where.parent), "name": where.name, **execution}
+        )
     elif not args.config:
         raise ConfigError("rltransfer study needs a CONFIG (e.g. cartpole/study) or --resume STUDY_DIR.")
     else:
-        study = load_config(resolve_config_path(args.config), StudyConfig, _overrides(args))
-    report = run_study(study, workers=args.workers)
+        study = load_config(resolve_config_path(args.config), StudyConfig, {**_overrides(args), **execution})
+    report = run_study(study)
     return 1 if report.failed else 0
 
 

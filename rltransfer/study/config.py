@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from rltransfer.agents.config import AgentConfig
 from rltransfer.core.config import NAME_PATTERN, Section, check_device
+from rltransfer.core.errors import ConfigError
 from rltransfer.rl.config import ChainStage, check_budget
 
 
@@ -58,6 +59,38 @@ class StudyEval(Section):
     deterministic: bool = True
 
 
+class StudyExecution(Section):
+    """Where a study's runs execute: a process pool on this machine (the default) or a Ray cluster."""
+
+    backend: Literal["local", "ray"] = "local"
+    """``local``: a process pool here. ``ray``: each run a Ray task (``pip install "rltransfer[ray]"``)."""
+    address: str | None = None
+    """With ``ray``: the cluster to join (``HOST:PORT`` of its head); none starts Ray on this machine."""
+    workers: int | None = Field(None, ge=1)
+    """With ``local``: parallel runs (default: one per CPU core)."""
+    cpus_per_run: float = Field(1.0, gt=0)
+    """With ``ray``: CPUs each run reserves."""
+    gpus_per_run: float = Field(0.0, ge=0)
+    """With ``ray``: GPU share each run reserves (0.25 puts four runs on one GPU); each run uses the GPU Ray
+    gives it."""
+    retries: int = Field(2, ge=0)
+    """With ``ray``: times a run is started again when its worker process dies."""
+
+    def check(self, origin: str) -> None:
+        if self.backend == "local":
+            for key, value in (("address", self.address), ("gpus_per_run", self.gpus_per_run or None)):
+                if value is not None:
+                    raise ConfigError(
+                        f"{origin}: `execution.{key}` only applies to `backend: ray` (the local pool runs on "
+                        "this machine; it takes `workers`). Set `execution.backend: ray` or remove the key."
+                    )
+        elif self.workers is not None:
+            raise ConfigError(
+                f"{origin}: `execution.workers` only applies to `backend: local`; with Ray, the cluster's CPUs "
+                "and `cpus_per_run` decide how many runs go at once."
+            )
+
+
 class StudyConfig(Section):
     """``rltransfer study``: one source, targets x strategies x seeds, compared with learning from scratch."""
 
@@ -83,6 +116,8 @@ class StudyConfig(Section):
     """Evaluations averaged for the asymptotic return."""
     agent: AgentConfig | None = None
     """Target agent for every strategy; default: the source's."""
+    execution: StudyExecution = Field(default_factory=StudyExecution)
+    """Where the runs execute; it does not change what they compute (stored results hold for either)."""
 
     _known_device = field_validator("device")(check_device)
 
@@ -99,6 +134,7 @@ class StudyConfig(Section):
 
     def check(self, origin: str) -> None:
         check_budget(self.budget, self.eval.every, origin)
+        self.execution.check(origin)
         if self.agent is not None:
             self.agent.check(origin)
 

@@ -56,9 +56,9 @@ def execute_run(kind: str, config: dict[str, Any], run_dir: str, fingerprint: st
     started = time.perf_counter()
     try:
         try:
-            result = _run(kind, parsed, path, resume=_resumable(path, fingerprint))
+            result = _run(kind, parsed, path, resume=resumable(path, fingerprint))
         except ConfigError:
-            if not _resumable(path, fingerprint):
+            if not resumable(path, fingerprint):
                 raise
             # the checkpoint cannot be used (damaged, or the run had in fact finished): start this run afresh
             result = _run(kind, parsed, path, resume=False)
@@ -107,7 +107,7 @@ def _run(kind: str, config: TrainConfig | TransferConfig, path: Path, resume: bo
     return transfer(progress_bar=False, verbose=False, resume=path, source=config.source)
 
 
-def _resumable(path: Path, fingerprint: str) -> bool:
+def resumable(path: Path, fingerprint: str) -> bool:
     """True when the run directory holds a checkpoint that an interrupted attempt of this same run (same config
     and source: the fingerprint) left behind."""
     try:

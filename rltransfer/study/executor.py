@@ -35,6 +35,10 @@ class LocalExecutor:
 
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
 
+    @property
+    def description(self) -> str:
+        return f"with {self.workers} workers"
+
     def run(self, specs: Sequence[RunSpec], on_record: OnRecord) -> int | None:
         if self.workers <= 1 or len(specs) <= 1:
             return self._in_process(specs, on_record)

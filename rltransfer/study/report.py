@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,8 @@ class StudyReport:
     failed: dict[str, str]
     table: str
     aggregate: Aggregate
+    retried: dict[str, int] = field(default_factory=dict)
+    """Runs started again after their worker process died (a cluster backend), with how many times."""
 
     @property
     def report_md(self) -> Path:
@@ -110,7 +112,10 @@ def build_report(plan: StudyPlan, results: dict[str, dict[str, Any]]) -> StudyRe
     }
     table = format_tables(metrics, verdicts, scratch_summary, plan.thresholds)
     overall = aggregate(curves, plan.thresholds, list(plan.strategies), last=config.last_evals)
-    report = StudyReport(plan.study_dir, metrics, verdicts, scratch_summary, failed, table, overall)
+    retried = {
+        key: int(record["retries"]) for key, record in sorted(results.items()) if record.get("retries")
+    }
+    report = StudyReport(plan.study_dir, metrics, verdicts, scratch_summary, failed, table, overall, retried)
     figures = {"study/learning_curves": _figure(plan, curves)}
     _save_png(figures["study/learning_curves"], report.curves_png)
     if overall.strategies:
@@ -120,6 +125,8 @@ def build_report(plan: StudyPlan, results: dict[str, dict[str, Any]]) -> StudyRe
     write_json(report.report_json, _json(plan, report, results))
     _tensorboard(plan, curves, report, figures)  # closes the figures
     print(table)
+    if retried:
+        print(f"Retried after their worker died: {', '.join(f'{k} ({n}x)' for k, n in retried.items())}")
     if failed:
         print(f"{len(failed)} runs failed (re-run the study to retry them):", file=sys.stderr)
         for key, error in failed.items():
@@ -270,6 +277,10 @@ def _markdown(plan: StudyPlan, report: StudyReport) -> str:
     lines += ["## Learning curves", "", "![learning curves](curves.png)", ""]
     if report.failed:
         lines += ["## Failed runs", ""] + [f"- `{k}`: {v}" for k, v in report.failed.items()] + [""]
+    if report.retried:
+        lines += ["## Runs retried after their worker died", ""]
+        lines += [f"- `{k}`: started again {n} time{'s' if n > 1 else ''}" for k, n in report.retried.items()]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -332,6 +343,7 @@ def _json(plan: StudyPlan, report: StudyReport, results: dict[str, dict[str, Any
             for key, record in sorted(results.items())
         },
         "failed": report.failed,
+        "retried": report.retried,
     }
 
 

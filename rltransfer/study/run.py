@@ -39,8 +39,20 @@ def run_study(
     of `workers` processes, one per CPU core)."""
     config = coerce_config(config, StudyConfig)
     plan = plan_study(config)
+    if executor is None:
+        executor = make_executor(config, workers)
+    check = getattr(executor, "check", None)
+    if check is not None:
+        check()  # e.g. a cluster without the GPUs asked for: refused before anything is written or trained
+    try:
+        return _run_plan(plan, executor, progress)
+    finally:
+        getattr(executor, "close", lambda: None)()
+
+
+def _run_plan(plan: StudyPlan, executor: Executor, progress: bool) -> StudyReport:
     plan.study_dir.mkdir(parents=True, exist_ok=True)
-    write_text(plan.study_dir / STUDY_CONFIG, dump_config(config))  # what --resume STUDY_DIR runs again
+    write_text(plan.study_dir / STUDY_CONFIG, dump_config(plan.config))  # what --resume STUDY_DIR runs again
     _warn_if_too_few_seeds(plan)
     if plan.source_config is not None:
         _train_source(plan)
@@ -54,13 +66,24 @@ def run_study(
             pending.append(spec)
     if results:
         print(f"Resuming: {len(results)} of {len(plan.runs)} runs already finished.", flush=True)
-    if executor is None:
-        executor = LocalExecutor(workers) if workers else LocalExecutor()
     started = time.perf_counter()
     _execute(executor, pending, _Progress(results, len(plan.runs), progress), plan.study_dir)
-    described = f" with {executor.workers} workers" if isinstance(executor, LocalExecutor) else ""
-    print(f"{len(pending)} runs in {time.perf_counter() - started:.0f} s{described}.", flush=True)
+    described = getattr(executor, "description", "")
+    print(f"{len(pending)} runs in {time.perf_counter() - started:.0f} s{' ' * bool(described)}{described}.")
     return build_report(plan, results)
+
+
+def make_executor(config: StudyConfig, workers: int | None = None) -> Executor:
+    """The executor the study's ``execution`` section asks for (`workers` overrides the local pool's size)."""
+    execution = config.execution
+    if execution.backend == "ray":
+        from rltransfer.study.ray_executor import RayExecutor
+
+        return RayExecutor(
+            execution.address, execution.cpus_per_run, execution.gpus_per_run, execution.retries
+        )
+    workers = workers or execution.workers
+    return LocalExecutor(workers) if workers else LocalExecutor()
 
 
 @dataclass
