@@ -1,8 +1,8 @@
 """rltransfer: train a source agent, transfer it to similar games, and measure whether it paid.
 
-The freeze / replace-head core works on any ``torch.nn.Module`` and is imported at once; the RL names (on
-Stable-Baselines3 and gymnasium), the study and image transfer (on torchvision) load on first use. Importing
-rltransfer registers its game families (``rltransfer/CartPoleLongPole-v1``, ...) with gymnasium. Image helpers
+The freeze / replace-head core works on any ``torch.nn.Module``; it, the RL names (on Stable-Baselines3 and
+gymnasium), the study and image transfer (on torchvision) load on first use, so that importing the package (and
+``rltransfer --help``) does not wait for torch. Importing rltransfer registers its game families (``rltransfer/CartPoleLongPole-v1``, ...) with gymnasium. Image helpers
 beyond ``run_image`` live in :mod:`rltransfer.vision`.
 """
 
@@ -13,21 +13,21 @@ from typing import TYPE_CHECKING, Any
 
 from rltransfer import envs  # noqa: F401  (registers the game families with gymnasium)
 from rltransfer.core.errors import ConfigError, LayerSelectionError, RLTransferError, TransferError
-from rltransfer.core.heads import find_head, replace_head
-from rltransfer.core.layers import (
-    format_layers,
-    freeze,
-    frozen_layers,
-    list_layers,
-    select_layers,
-    unfreeze,
-)
-from rltransfer.core.optim import build_optimizer
 
 if TYPE_CHECKING:  # what IDEs and type checkers see for the names loaded on first use
     from rltransfer.agents.builder import build_agent
     from rltransfer.agents.freezing import freeze_agent
     from rltransfer.core.config import load_config
+    from rltransfer.core.heads import find_head, replace_head
+    from rltransfer.core.layers import (
+        format_layers,
+        freeze,
+        frozen_layers,
+        list_layers,
+        select_layers,
+        unfreeze,
+    )
+    from rltransfer.core.optim import build_optimizer
     from rltransfer.rl.config import TrainConfig, TransferConfig
     from rltransfer.rl.mapping import map_weights
     from rltransfer.rl.sources import load_source
@@ -41,6 +41,15 @@ if TYPE_CHECKING:  # what IDEs and type checkers see for the names loaded on fir
 __version__ = "0.1.0"
 
 _LAZY = {
+    "find_head": "rltransfer.core.heads",
+    "replace_head": "rltransfer.core.heads",
+    "format_layers": "rltransfer.core.layers",
+    "freeze": "rltransfer.core.layers",
+    "frozen_layers": "rltransfer.core.layers",
+    "list_layers": "rltransfer.core.layers",
+    "select_layers": "rltransfer.core.layers",
+    "unfreeze": "rltransfer.core.layers",
+    "build_optimizer": "rltransfer.core.optim",
     "load_config": "rltransfer.core.config",
     "TrainConfig": "rltransfer.rl.config",
     "TransferConfig": "rltransfer.rl.config",

@@ -10,7 +10,6 @@ from typing import Any
 
 import yaml
 
-from rltransfer.core.config import load_config, resolve_config_path
 from rltransfer.core.errors import ConfigError, RLTransferError
 from rltransfer.core.interrupt import Interrupted
 
@@ -138,6 +137,7 @@ def _envs(_args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
+    from rltransfer.core.config import load_config, resolve_config_path
     from rltransfer.study import STUDY_CONFIG, StudyConfig, run_study
 
     if args.workers is not None and args.workers < 1:
@@ -175,6 +175,7 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from rltransfer.core.config import load_config, resolve_config_path
     from rltransfer.rl.config import TrainConfig, TransferConfig
 
     model = TrainConfig if args.command == "train" else TransferConfig
@@ -205,6 +206,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _image(args: argparse.Namespace) -> int:
+    from rltransfer.core.config import load_config, resolve_config_path
+
     if args.config == "predict":
         from rltransfer.vision.pipeline import predict
 

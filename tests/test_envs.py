@@ -159,3 +159,28 @@ def test_a_family_whose_package_is_missing_names_the_extra(monkeypatch) -> None:
         "LunarLander: land a craft" in describe_families()
         and "[not installed: pip install" in describe_families()
     )
+
+
+def test_subprocess_envs_step_exactly_as_in_process_ones_and_atari_gets_them_by_default() -> None:
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    from rltransfer.rl.environment import vec_env_class
+
+    steps = {}
+    for vec in ("dummy", "subproc"):
+        train_env, eval_env = make_envs(
+            EnvConfig(id="rltransfer/CartPoleLongPole-v1", n_envs=3, vec=vec), seed=7
+        )
+        assert isinstance(train_env, SubprocVecEnv if vec == "subproc" else DummyVecEnv)
+        observations = [train_env.reset()]
+        for _ in range(60):  # past the first episode ends: auto-reset seeded alike in both
+            observations.append(train_env.step(np.ones(3, dtype=np.int64))[0])
+        train_env.close()
+        eval_env.close()
+        steps[vec] = np.stack(observations)
+    assert np.array_equal(steps["dummy"], steps["subproc"])
+    atari = next(iter(FAMILIES["Atari"].ids()))
+    assert vec_env_class(EnvConfig(id=atari, n_envs=8)) is SubprocVecEnv
+    assert vec_env_class(EnvConfig(id=atari, n_envs=1)) is DummyVecEnv
+    assert vec_env_class(EnvConfig(id="rltransfer/CartPole-v1", n_envs=8)) is DummyVecEnv
+    assert vec_env_class(EnvConfig(id=atari, n_envs=8, vec="dummy")) is DummyVecEnv

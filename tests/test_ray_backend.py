@@ -40,7 +40,7 @@ SOURCE = {
     "eval": {"every": 256, "episodes": 2, "patience": None},
     "agent": {
         "algo": "ppo",
-        "hyperparams": {"n_steps": 32, "batch_size": 64, "n_epochs": 2},
+        "hyperparams": {"n_steps": 32, "batch_size": 32, "n_epochs": 2},
         "policy": {"hidden": [16, 16]},
     },
 }

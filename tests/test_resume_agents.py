@@ -356,3 +356,45 @@ def test_a_second_ctrl_c_says_what_can_still_be_resumed(
         capture.getvalue().startswith("rltransfer: Stopped at once by a second Ctrl-C")
         and "--resume" in capture.getvalue()
     )
+
+
+def test_the_replay_buffer_is_written_at_most_every_buffer_seconds_and_always_on_a_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weights go into every evaluation's checkpoint; the replay buffer only when `buffer_seconds` passed since
+    it was last written, and whenever the run is stopped, so a clean stop resumes with every transition."""
+    config = {
+        "name": "dqn",
+        "log_root": str(tmp_path),
+        "budget": 2000,
+        "device": "cpu",
+        "env": {"id": "rltransfer/CartPole-v1", "n_envs": 1},
+        "eval": {"every": 200, "episodes": 1, "patience": None},
+        "checkpoint": {"buffer_seconds": 3600},
+        "agent": {
+            "algo": "dqn",
+            "hyperparams": {"learning_starts": 50, "buffer_size": 1000},
+            "policy": {"hidden": [8]},
+        },
+    }
+    written: list[tuple[int, bool]] = []  # (step, with the buffer) of each checkpoint
+    original = callbacks.save_agent_checkpoint
+
+    def recording(model, run_dir, state, *, with_buffer=True):  # type: ignore[no-untyped-def]
+        written.append((int(model.num_timesteps), with_buffer))
+        folder = original(model, run_dir, state, with_buffer=with_buffer)
+        files = json.loads((folder / "state.json").read_text())["files"]
+        assert (folder / files["replay_buffer"][0]).is_file()  # every checkpoint names a buffer file it has
+        return folder
+
+    monkeypatch.setattr(callbacks, "save_agent_checkpoint", recording)
+    stop_after(monkeypatch, 700)
+    with pytest.raises(Interrupted):
+        train(config, progress_bar=False)
+    # evaluations at 200, 400, 600, then the stop at 700: the first and the stop write the buffer
+    assert written == [(200, True), (400, False), (600, False), (700, True)]
+    run = tmp_path / "dqn"
+    state = read_agent_checkpoint(run)
+    with np.load(state["folder"] / state["files"]["replay_buffer"][0]) as arrays:
+        # the buffer as it was at the stop (SB3 stores a step's transition after the callback that stopped it)
+        assert int(arrays["position"][0]) == 699

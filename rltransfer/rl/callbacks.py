@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +119,13 @@ class EvaluateAndKeepBest(EvalCallback):
             self.callback.no_improvement_evals = state["no_improvement_evals"]
             self.callback.last_best_mean_reward = state["last_best_mean_reward"]
 
+    def _init_callback(self) -> None:
+        with (
+            warnings.catch_warnings()
+        ):  # a single-process eval env beside subprocess training envs is intended
+            warnings.filterwarnings("ignore", "Training and eval env are not of the same type")
+            super()._init_callback()
+
     def _on_training_start(self) -> None:
         if getattr(self, "resumed", False):
             return
@@ -191,11 +200,19 @@ class Checkpointing(BaseCallback):
     """Resumable checkpoints after every evaluation; a clean stop on Ctrl-C / SIGTERM; a stop when a parameter
     becomes NaN or infinite (checked after every update, so no checkpoint ever holds one)."""
 
-    def __init__(self, run_dir: Path, evaluation: EvaluateAndKeepBest, extra: list[BaseCallback]) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        evaluation: EvaluateAndKeepBest,
+        extra: list[BaseCallback],
+        buffer_seconds: float = 0.0,
+    ) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.evaluation = evaluation
         self.extra = extra
+        self.buffer_seconds = buffer_seconds
+        self._buffer_written: float | None = None  # time.monotonic() of the last replay buffer write
         self.signal: int | None = None
         self.numerical: str | None = None
         self.saved_at: int | None = None
@@ -206,9 +223,17 @@ class Checkpointing(BaseCallback):
             "unfrozen_at": [getattr(cb, "unfrozen_at", None) for cb in self.extra],
         }
 
-    def save(self) -> None:
+    def save(self, *, stopping: bool = False) -> None:
+        """A checkpoint; its replay buffer (off-policy agents) only when stopping or `buffer_seconds` after the
+        last one was written."""
         if self.numerical is None and nonfinite_parameter(self.model.policy) is None:
-            save_agent_checkpoint(self.model, self.run_dir, self.state())
+            now = time.monotonic()
+            with_buffer = (
+                stopping or self._buffer_written is None or now - self._buffer_written >= self.buffer_seconds
+            )
+            save_agent_checkpoint(self.model, self.run_dir, self.state(), with_buffer=with_buffer)
+            if with_buffer:
+                self._buffer_written = now
             self.saved_at = self.num_timesteps
 
     def _on_rollout_start(self) -> None:

@@ -28,11 +28,17 @@ def _optimizers(model: BaseAlgorithm) -> dict[str, torch.optim.Optimizer]:
     return found
 
 
-def save_agent_checkpoint(model: BaseAlgorithm, run_dir: Path, callbacks: dict[str, Any]) -> Path:
+def save_agent_checkpoint(
+    model: BaseAlgorithm, run_dir: Path, callbacks: dict[str, Any], *, with_buffer: bool = True
+) -> Path:
     """Write ``run_dir/checkpoint/``: a state file (weights, optimizers, RNG) and, for off-policy agents, a replay
     buffer file, each under a name of its own, then ``state.json`` (counters, callback state, the files' names and
     digests) replaces the previous one in one rename, and only then are the previous files deleted: a crash at any
-    moment leaves either the old checkpoint or the new one, whole."""
+    moment leaves either the old checkpoint or the new one, whole.
+
+    ``with_buffer=False`` keeps the replay buffer file of the previous checkpoint (when there is one) instead of
+    writing the buffer again: at Atari scale it is gigabytes, so it is written less often than the weights, and a
+    run resumed from such a checkpoint continues with the buffer as it was when last written."""
     folder = run_dir / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     token = f"{int(model.num_timesteps)}-{secrets.token_hex(4)}"
@@ -47,7 +53,10 @@ def save_agent_checkpoint(model: BaseAlgorithm, run_dir: Path, callbacks: dict[s
         torch.save(tensors, tmp)
     files["state"] = [f"state-{token}.pt", digest(folder / f"state-{token}.pt")]
     buffer = getattr(model, "replay_buffer", None)
-    if buffer is not None:
+    kept = None if with_buffer or buffer is None else _previous_buffer(folder)
+    if kept is not None:
+        files["replay_buffer"] = kept
+    elif buffer is not None:
         arrays = {
             name: getattr(buffer, name) for name in _BUFFER_FIELDS if getattr(buffer, name, None) is not None
         }
@@ -73,6 +82,15 @@ def save_agent_checkpoint(model: BaseAlgorithm, run_dir: Path, callbacks: dict[s
         if path.name not in keep and not path.name.startswith("."):
             path.unlink(missing_ok=True)
     return folder
+
+
+def _previous_buffer(folder: Path) -> list[str] | None:
+    """The replay buffer entry (file name, digest) of the checkpoint in `folder`, if it has one that is whole."""
+    try:
+        entry = json.loads((folder / "state.json").read_text(encoding="utf-8"))["files"]["replay_buffer"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return list(entry) if (folder / entry[0]).is_file() else None
 
 
 def read_agent_checkpoint(run_dir: Path) -> dict[str, Any]:

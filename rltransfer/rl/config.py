@@ -28,7 +28,11 @@ class EnvConfig(Section):
     context: dict[str, Any] = Field(default_factory=dict)
     """Context overrides for rltransfer families (e.g. ``pole_length: 2.0``); for other envs, gym.make kwargs."""
     n_envs: int = Field(8, ge=1)
-    """Parallel training environments (a DummyVecEnv)."""
+    """Parallel training environments."""
+    vec: Literal["auto", "dummy", "subproc"] = "auto"
+    """How the training environments run: ``dummy`` one after another in this process (SB3's DummyVecEnv, best
+    for cheap games), ``subproc`` one process each (SubprocVecEnv, for games whose step costs more than passing
+    the observation between processes); ``auto`` is subproc for Atari with several envs, else dummy."""
 
 
 class EvalConfig(Section):
@@ -48,6 +52,15 @@ class EvalConfig(Section):
     """Stop as soon as the mean evaluation return reaches this; ``env`` takes the env's reward threshold."""
 
 
+class CheckpointConfig(Section):
+    """How often a run's resumable checkpoint is written (weights and optimizers: after every evaluation)."""
+
+    buffer_seconds: float = Field(300.0, ge=0)
+    """Off-policy agents (DQN, SAC, TD3): write the replay buffer into the checkpoint at most this often, and
+    always when the run is stopped by Ctrl-C or SIGTERM (0: at every checkpoint). A run killed outright resumes
+    with the buffer as last written."""
+
+
 class RunConfig(Section):
     """What every run has: a name, a game, a budget, evaluation and where its files go."""
 
@@ -62,6 +75,7 @@ class RunConfig(Section):
     """Environment steps to train for (SB3 finishes the rollout in progress, so on-policy runs may overshoot)."""
     env: EnvConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
     _known_device = field_validator("device")(check_device)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any
 
 import gymnasium as gym
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 import rltransfer.envs  # noqa: F401  (registers the families)
 from rltransfer.core.errors import ConfigError, did_you_mean
@@ -58,10 +59,11 @@ def check_env(env: EnvConfig, where: str = "env") -> dict[str, Any]:
 def make_envs(env: EnvConfig, seed: int) -> tuple[VecEnv, VecEnv]:
     """Training envs (``env.n_envs``, seeded from `seed`) and a separate single evaluation env (other seeds)."""
     context = check_env(env)
+    vec_cls = vec_env_class(env)
+    # a worker process unpickles the maker, importing this module and so registering rltransfer's games there
+    maker = env.id if vec_cls is DummyVecEnv else functools.partial(make_registered, env.id)
     try:
-        train_env = make_vec_env(
-            env.id, n_envs=env.n_envs, seed=seed, env_kwargs=context, vec_env_cls=DummyVecEnv
-        )
+        train_env = make_vec_env(maker, n_envs=env.n_envs, seed=seed, env_kwargs=context, vec_env_cls=vec_cls)
     except TypeError as error:
         raise ConfigError(
             f"`env.context` {context} was rejected by {env.id}: {error}. Remove the unknown keys."
@@ -72,6 +74,25 @@ def make_envs(env: EnvConfig, seed: int) -> tuple[VecEnv, VecEnv]:
         env.id, n_envs=1, seed=seed + EVAL_SEED_OFFSET, env_kwargs=eval_context, vec_env_cls=DummyVecEnv
     )
     return train_env, eval_env
+
+
+def make_registered(env_id: str, **kwargs: Any) -> gym.Env:
+    """``gym.make`` as SB3's ``make_vec_env`` calls it for an id (frames available for rendering), in a process
+    where rltransfer's games are registered."""
+    try:
+        return gym.make(env_id, render_mode="rgb_array", **kwargs)
+    except TypeError:
+        return gym.make(env_id, **kwargs)
+
+
+def vec_env_class(env: EnvConfig) -> type[VecEnv]:
+    """SB3's vector env for ``env.vec`` (``auto``: a process per env for Atari, whose frames cost more to make
+    than to pass between processes; in this process for everything else)."""
+    choice = env.vec
+    if choice == "auto":
+        family = family_of(env.id)
+        choice = "subproc" if family is not None and family.name == "Atari" and env.n_envs > 1 else "dummy"
+    return SubprocVecEnv if choice == "subproc" else DummyVecEnv
 
 
 def reward_threshold(env_id: str) -> float | None:

@@ -149,7 +149,7 @@ def run_training(
     _open_logger(model, run_dir, resumed=checkpoint is not None)
     evaluation = _evaluation(model, config, run_dir, eval_env, kind)
     extra = callbacks or []
-    checkpointing = Checkpointing(run_dir, evaluation, extra)
+    checkpointing = Checkpointing(run_dir, evaluation, extra, config.checkpoint.buffer_seconds)
     remaining = config.budget
     if checkpoint is not None:
         remaining = _resume_from(model, checkpoint, evaluation, extra, config, run_dir)
@@ -289,7 +289,7 @@ def _learn(
                 reset_num_timesteps=fresh,
             )
             if checkpointing.signal is not None:
-                checkpointing.save()
+                checkpointing.save(stopping=True)
     except BaseException as error:
         interrupted = isinstance(error, KeyboardInterrupt)
         bad = nonfinite_parameter(model.policy)
