@@ -50,12 +50,14 @@ def agent_of(spec: str | dict) -> AgentConfig:
     return config.agent
 
 
-def measure(name: str, steps: int, device: str) -> dict:
+def measure(name: str, steps: int, device: str, warmup: int | None = None) -> dict:
+    """Env-steps/s of `learn` for `steps` steps after `warmup` (default: 2,000 steps or one rollout)."""
     env_id, spec, n_envs = CASES[name]
     train_env, eval_env = make_envs(EnvConfig(id=env_id, n_envs=n_envs), seed=0)
     eval_env.close()
     model = build_agent(agent_of(spec), train_env, seed=0, device=device)
-    warmup = max(2000, getattr(model, "n_steps", 0) * n_envs)
+    if warmup is None:
+        warmup = max(2000, getattr(model, "n_steps", 0) * n_envs)
     model.learn(warmup)
     started, before = time.perf_counter(), model.num_timesteps
     model.learn(steps, reset_num_timesteps=False)

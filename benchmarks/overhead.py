@@ -4,11 +4,13 @@
 
 For each algorithm, a plain SB3 script and ``rltransfer.train`` run the same algorithm, network,
 hyperparameters, seeds, evaluation schedule (SB3's ``EvalCallback``: same frequency and episodes, best model
-saved) and logging (TensorBoard and CSV), one torch thread, side by side: each pair runs both, in alternating
-order, and the ratio is rltransfer's wall time over the plain script's. rltransfer's run also does what the
-plain script does not: the step-0 evaluation, the run record, a resumable checkpoint after every evaluation,
-Ctrl-C handling and the NaN check. Printed: the median ratio over the pairs (and the range) per algorithm; the
-table lands in ``runs/benchmarks/overhead.json``.
+saved, plus one evaluation before learning, as rltransfer's curve starts at step 0) and logging (TensorBoard and
+CSV), one torch thread, side by side: each pair runs both, in alternating order, and the ratio is rltransfer's
+time over the plain script's, CPU time of this process (which a busy machine's other load inflates far less
+than wall time) and wall time. Both learn the same weights and play the same evaluation episodes; what
+rltransfer adds is its machinery: the run record, a resumable checkpoint after every evaluation, Ctrl-C
+handling, the NaN check, parameter counts in TensorBoard. Printed: the median ratio over the pairs (and the
+range) per algorithm; the table lands in ``runs/benchmarks/overhead.json``.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ CASES: dict[str, dict[str, Any]] = {
     "sac": {
         "env": "Pendulum-v1",
         "n_envs": 1,
-        "budget": 4_096,
-        "every": 1_024,
+        "budget": 2_048,
+        "every": 512,
         "hyperparams": {"learning_starts": 256, "buffer_size": 50_000},
     },
 }
@@ -51,14 +53,15 @@ EPISODES = 5
 EVAL_SEED_OFFSET = 10_000  # as rltransfer's evaluation env
 
 
-def plain_sb3(algo: str, case: dict[str, Any], seed: int, folder: Path) -> float:
-    """The script a user would write with SB3 alone; its wall time."""
+def plain_sb3(algo: str, case: dict[str, Any], seed: int, folder: Path) -> tuple[float, float]:
+    """The script a user would write with SB3 alone; its (CPU, wall) seconds."""
     from stable_baselines3 import A2C, DQN, PPO, SAC
     from stable_baselines3.common.callbacks import EvalCallback
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.logger import configure
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     env = make_vec_env(case["env"], n_envs=case["n_envs"], seed=seed)
     eval_env = make_vec_env(case["env"], n_envs=1, seed=seed + EVAL_SEED_OFFSET)
     cls = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "sac": SAC}[algo]
@@ -73,15 +76,18 @@ def plain_sb3(algo: str, case: dict[str, Any], seed: int, folder: Path) -> float
         verbose=0,
         warn=False,
     )
+    # rltransfer evaluates at step 0 too (the curve's first point): the same episodes here, so that both sides
+    # then see the same evaluation episodes and only the machinery around SB3 differs
+    evaluate_policy(model, eval_env, n_eval_episodes=EPISODES, deterministic=True)
     model.learn(case["budget"], callback=evaluation)
     model.save(folder / "final_model")
     env.close()
     eval_env.close()
-    return time.perf_counter() - started
+    return time.process_time() - cpu, time.perf_counter() - started
 
 
-def with_rltransfer(algo: str, case: dict[str, Any], seed: int, folder: Path) -> float:
-    """``rltransfer.train`` with the same settings; its wall time."""
+def with_rltransfer(algo: str, case: dict[str, Any], seed: int, folder: Path) -> tuple[float, float]:
+    """``rltransfer.train`` with the same settings; its (CPU, wall) seconds."""
     from rltransfer import train
 
     config = {
@@ -94,9 +100,57 @@ def with_rltransfer(algo: str, case: dict[str, Any], seed: int, folder: Path) ->
         "eval": {"every": case["every"], "episodes": EPISODES, "patience": None, "threshold": None},
         "agent": {"algo": algo, "hyperparams": case["hyperparams"]},
     }
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     train(config, progress_bar=False)
-    return time.perf_counter() - started
+    return time.process_time() - cpu, time.perf_counter() - started
+
+
+def attribute(algo: str, case: dict[str, Any], folder: Path) -> dict[str, float]:
+    """One rltransfer run under cProfile: seconds in each part of rltransfer's machinery (its callbacks' hooks,
+    checkpoints, the setup before and the records after SB3's ``learn``), against the run's total. A profiler
+    slows Python code more than torch's, so these shares are upper bounds."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    with_rltransfer(algo, case, 0, folder)
+    profiler.disable()
+    stats = pstats.Stats(
+        profiler
+    ).stats  # (file, line, function) -> (calls, calls, tottime, cumtime, callers)
+
+    def cumulative(function: Any) -> float:
+        """Cumulative seconds in one function (found by its file and first line, so that one class's
+        ``_on_step`` is not confused with another's)."""
+        code = function.__code__
+        return sum(
+            v[3]
+            for (file, line, name), v in stats.items()
+            if file == code.co_filename and line == code.co_firstlineno and name == code.co_name
+        )
+
+    from stable_baselines3.common.callbacks import EvalCallback
+
+    from rltransfer.core import interrupt
+    from rltransfer.rl import callbacks, training
+
+    parts = {
+        "train (total)": cumulative(training.train),
+        "learn (SB3, with evaluation)": cumulative(training._learn),
+        "checkpoints": cumulative(callbacks.Checkpointing.save),
+        "NaN check": cumulative(callbacks.nonfinite_parameter),
+        "parameter counts": cumulative(callbacks.RunInfo._record_parameters),
+        "signal checks": cumulative(interrupt.stop_requested),
+        "hooks in the loop (the above, and more)": cumulative(callbacks.Checkpointing._on_step)
+        + cumulative(callbacks.Checkpointing._on_rollout_start)
+        + cumulative(callbacks.RunInfo._on_step)
+        + cumulative(callbacks.RunInfo._on_rollout_end),
+        "curve and best-model records": cumulative(callbacks.EvaluateAndKeepBest._evaluate_now)
+        - cumulative(EvalCallback._on_step),
+    }
+    parts["setup and records outside learn"] = parts["train (total)"] - parts["learn (SB3, with evaluation)"]
+    return parts
 
 
 def main() -> None:
@@ -104,18 +158,34 @@ def main() -> None:
     parser.add_argument("--algos", default="ppo,a2c,dqn,sac")
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every budget and eval interval")
+    parser.add_argument(
+        "--profile", action="store_true", help="instead: where rltransfer's own time goes, under cProfile"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    import rltransfer  # noqa: F401  (imports and env registration outside the timing, for both sides)
     import stable_baselines3  # noqa: F401
 
+    import rltransfer  # noqa: F401  (imports and env registration outside the timing, for both sides)
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # torch loads its compiler on the first optimizer
+
     root = Path(tempfile.mkdtemp(prefix="rltransfer-overhead-"))
+    if args.profile:
+        for algo in args.algos.split(","):
+            case = dict(CASES[algo], budget=int(CASES[algo]["budget"] * args.scale))
+            case["every"] = int(CASES[algo]["every"] * args.scale)
+            parts = attribute(algo, case, root / algo)
+            total = parts.pop("train (total)")
+            print(f"{algo}: {total:.2f} s under the profiler")
+            for name, seconds in parts.items():
+                print(f"  {name:<34} {seconds:7.3f} s  {100 * seconds / total:5.1f}%")
+        return
     table: dict[str, dict[str, Any]] = {}
     for algo in args.algos.split(","):
         case = dict(CASES[algo])
         case["budget"] = int(case["budget"] * args.scale)
         case["every"] = int(case["every"] * args.scale)
-        ratios, plain_times, ours_times = [], [], []
+        ratios, wall_ratios, plain_cpu, ours_cpu = [], [], [], []
         for pair in range(args.pairs):
             order = ("plain", "ours") if pair % 2 == 0 else ("ours", "plain")
             times = {}
@@ -124,24 +194,33 @@ def main() -> None:
                 folder.mkdir(parents=True)
                 run = plain_sb3 if side == "plain" else with_rltransfer
                 times[side] = run(algo, case, pair, folder)
-            ratios.append(times["ours"] / times["plain"])
-            plain_times.append(times["plain"])
-            ours_times.append(times["ours"])
-            print(f"{algo} pair {pair}: plain {times['plain']:.2f} s, rltransfer {times['ours']:.2f} s", flush=True)
+            ratios.append(times["ours"][0] / times["plain"][0])
+            wall_ratios.append(times["ours"][1] / times["plain"][1])
+            plain_cpu.append(times["plain"][0])
+            ours_cpu.append(times["ours"][0])
+            print(
+                f"{algo} pair {pair}: CPU s plain {times['plain'][0]:.2f}, rltransfer {times['ours'][0]:.2f}; "
+                f"wall s plain {times['plain'][1]:.2f}, rltransfer {times['ours'][1]:.2f}",
+                flush=True,
+            )
         table[algo] = {
             "env": case["env"],
             "steps": case["budget"],
-            "plain_s": statistics.median(plain_times),
-            "rltransfer_s": statistics.median(ours_times),
-            "ratio_median": statistics.median(ratios),
-            "ratio_range": [min(ratios), max(ratios)],
+            "plain_cpu_s": statistics.median(plain_cpu),
+            "rltransfer_cpu_s": statistics.median(ours_cpu),
+            "cpu_ratio_median": statistics.median(ratios),
+            "cpu_ratio_range": [min(ratios), max(ratios)],
+            "wall_ratio_median": statistics.median(wall_ratios),
         }
-    print(f"\n{'algo':<5} {'env':<12} {'steps':>7} {'plain s':>8} {'rltransfer s':>13} {'overhead (median, range)':>28}")
+    print(
+        f"\n{'algo':<5} {'env':<12} {'steps':>7} {'plain CPU s':>12} {'rltransfer CPU s':>17} {'overhead: CPU (range)':>26} {'wall':>7}"
+    )
     for algo, row in table.items():
-        low, high = row["ratio_range"]
+        low, high = row["cpu_ratio_range"]
         print(
-            f"{algo:<5} {row['env']:<12} {row['steps']:>7} {row['plain_s']:>8.2f} {row['rltransfer_s']:>13.2f} "
-            f"{100 * (row['ratio_median'] - 1):>+9.1f}% [{100 * (low - 1):+.1f}%, {100 * (high - 1):+.1f}%]"
+            f"{algo:<5} {row['env']:<12} {row['steps']:>7} {row['plain_cpu_s']:>12.2f} {row['rltransfer_cpu_s']:>17.2f} "
+            f"{100 * (row['cpu_ratio_median'] - 1):>+9.1f}% [{100 * (low - 1):+.1f}%, {100 * (high - 1):+.1f}%] "
+            f"{100 * (row['wall_ratio_median'] - 1):>+6.1f}%"
         )
     out = Path("runs/benchmarks/overhead.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -180,7 +180,8 @@ def test_subprocess_envs_step_exactly_as_in_process_ones_and_atari_gets_them_by_
         steps[vec] = np.stack(observations)
     assert np.array_equal(steps["dummy"], steps["subproc"])
     atari = next(iter(FAMILIES["Atari"].ids()))
-    assert vec_env_class(EnvConfig(id=atari, n_envs=8)) is SubprocVecEnv
-    assert vec_env_class(EnvConfig(id=atari, n_envs=1)) is DummyVecEnv
-    assert vec_env_class(EnvConfig(id="rltransfer/CartPole-v1", n_envs=8)) is DummyVecEnv
-    assert vec_env_class(EnvConfig(id=atari, n_envs=8, vec="dummy")) is DummyVecEnv
+    assert vec_env_class(EnvConfig(id=atari, n_envs=8), cpus=8) is SubprocVecEnv
+    assert vec_env_class(EnvConfig(id=atari, n_envs=8), cpus=2) is DummyVecEnv  # slower on 2 cores
+    assert vec_env_class(EnvConfig(id=atari, n_envs=1), cpus=8) is DummyVecEnv
+    assert vec_env_class(EnvConfig(id="rltransfer/CartPole-v1", n_envs=8), cpus=8) is DummyVecEnv
+    assert vec_env_class(EnvConfig(id=atari, n_envs=8, vec="dummy"), cpus=8) is DummyVecEnv

@@ -398,3 +398,20 @@ def test_the_replay_buffer_is_written_at_most_every_buffer_seconds_and_always_on
     with np.load(state["folder"] / state["files"]["replay_buffer"][0]) as arrays:
         # the buffer as it was at the stop (SB3 stores a step's transition after the callback that stopped it)
         assert int(arrays["position"][0]) == 699
+
+
+def test_the_fused_nan_check_names_the_bad_parameter_and_clears_a_huge_finite_one() -> None:
+    from rltransfer.rl.callbacks import nonfinite_parameter
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    params = list(model.parameters())
+    assert nonfinite_parameter(model, params) is None
+    with torch.no_grad():
+        model[0].weight.fill_(3e30)  # finite, but its norm overflows float32
+    assert nonfinite_parameter(model, params) is None
+    with torch.no_grad():
+        model[1].bias[1] = float("nan")
+    assert nonfinite_parameter(model, params) == "1.bias"
+    with torch.no_grad():
+        model[1].bias[1] = float("inf")
+    assert nonfinite_parameter(model) == "1.bias"

@@ -196,9 +196,15 @@ class NumericalStop(Exception):
     """Raised inside SB3's loop when a parameter is NaN or infinite; run_training turns it into a clear error."""
 
 
+NAN_CHECK_STEPS = 1024
+"""Off-policy rollouts are a few steps long: the parameter check runs at most once per this many steps."""
+
+
 class Checkpointing(BaseCallback):
     """Resumable checkpoints after every evaluation; a clean stop on Ctrl-C / SIGTERM; a stop when a parameter
-    becomes NaN or infinite (checked after every update, so no checkpoint ever holds one)."""
+    becomes NaN or infinite (checked at the start of each rollout, at most once per `NAN_CHECK_STEPS` steps
+    for off-policy agents whose rollouts are a few steps long, and before every checkpoint, so no checkpoint
+    ever holds one)."""
 
     def __init__(
         self,
@@ -236,8 +242,15 @@ class Checkpointing(BaseCallback):
                 self._buffer_written = now
             self.saved_at = self.num_timesteps
 
+    def _on_training_start(self) -> None:
+        self._params = list(self.model.policy.parameters())
+        self._checked_at: int | None = None
+
     def _on_rollout_start(self) -> None:
-        bad = nonfinite_parameter(self.model.policy)
+        if self._checked_at is not None and self.num_timesteps - self._checked_at < NAN_CHECK_STEPS:
+            return
+        self._checked_at = self.num_timesteps
+        bad = nonfinite_parameter(self.model.policy, self._params)
         if bad is not None and self.numerical is None:
             self.numerical = f"parameter {bad} became NaN or infinite after step {self.num_timesteps:,}"
             raise NumericalStop(self.numerical)  # before the policy acts on it
@@ -253,8 +266,16 @@ class Checkpointing(BaseCallback):
         return True
 
 
-def nonfinite_parameter(module: torch.nn.Module) -> str | None:
-    """The name of the first parameter holding NaN or infinity, or None."""
+def nonfinite_parameter(
+    module: torch.nn.Module, params: list[torch.nn.Parameter] | None = None
+) -> str | None:
+    """The name of the first parameter holding NaN or infinity, or None. `params` (the module's parameters, kept
+    by a caller that checks after every update) saves walking the module each time."""
+    params = list(module.parameters()) if params is None else params
+    # one fused pass over every parameter: a norm is finite exactly when its tensor is (or overflows, which the
+    # exact check below then clears)
+    if not params or bool(torch.stack(torch._foreach_norm(params)).isfinite().all()):
+        return None
     for name, param in module.named_parameters():
         if not torch.isfinite(param).all():
             return name
@@ -292,7 +313,14 @@ class RunInfo(BaseCallback):
         return True
 
     def _record_parameters(self) -> None:
-        trainable, frozen = count_parameters(self.model.policy)
+        # counted again only when which parameters train changed (a second fine-tuning phase): off-policy
+        # rollouts are a few steps long, and the policy's parameters do not change otherwise
+        params = getattr(self, "_params", None) or list(self.model.policy.parameters())
+        self._params = params
+        trainable_flags = tuple(param.requires_grad for param in params)
+        if trainable_flags != getattr(self, "_flags", None):
+            self._flags, self._counts = trainable_flags, count_parameters(self.model.policy)
+        trainable, frozen = self._counts
         self.logger.record("params/trainable", trainable)
         self.logger.record("params/frozen", frozen)
 

@@ -32,7 +32,8 @@ class EnvConfig(Section):
     vec: Literal["auto", "dummy", "subproc"] = "auto"
     """How the training environments run: ``dummy`` one after another in this process (SB3's DummyVecEnv, best
     for cheap games), ``subproc`` one process each (SubprocVecEnv, for games whose step costs more than passing
-    the observation between processes); ``auto`` is subproc for Atari with several envs, else dummy."""
+    the observation between processes); ``auto`` is subproc for Atari with several envs on a machine of 4 or more
+    cores, else dummy."""
 
 
 class EvalConfig(Section):

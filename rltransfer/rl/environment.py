@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 from typing import Any
 
 import gymnasium as gym
@@ -85,13 +86,21 @@ def make_registered(env_id: str, **kwargs: Any) -> gym.Env:
         return gym.make(env_id, **kwargs)
 
 
-def vec_env_class(env: EnvConfig) -> type[VecEnv]:
-    """SB3's vector env for ``env.vec`` (``auto``: a process per env for Atari, whose frames cost more to make
-    than to pass between processes; in this process for everything else)."""
+SUBPROC_MIN_CPUS = 4
+"""``env.vec: auto`` runs Atari envs in processes of their own only on machines with at least this many cores:
+on 2 cores the env processes compete with learning for the CPU and stepping them in one process is faster."""
+
+
+def vec_env_class(env: EnvConfig, cpus: int | None = None) -> type[VecEnv]:
+    """SB3's vector env for ``env.vec``. ``auto``: a process per env for Atari (whose frames cost more to make
+    than to pass between processes) with several envs on a machine of `SUBPROC_MIN_CPUS` cores or more; in
+    this process for everything else."""
     choice = env.vec
     if choice == "auto":
         family = family_of(env.id)
-        choice = "subproc" if family is not None and family.name == "Atari" and env.n_envs > 1 else "dummy"
+        atari = family is not None and family.name == "Atari"
+        enough = (cpus if cpus is not None else os.cpu_count() or 1) >= SUBPROC_MIN_CPUS
+        choice = "subproc" if atari and env.n_envs > 1 and enough else "dummy"
     return SubprocVecEnv if choice == "subproc" else DummyVecEnv
 
 
