@@ -1,6 +1,6 @@
 """Seconds for `rltransfer --help` and each command's --help: the median of 5 fresh processes each.
 
-    python benchmarks/cli_speed.py
+python benchmarks/cli_speed.py
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ def main() -> None:
         times = []
         for _ in range(5):
             started = time.perf_counter()
-            subprocess.run([*base, *([command] if command else []), "--help"], capture_output=True, check=True)
+            subprocess.run(
+                [*base, *([command] if command else []), "--help"], capture_output=True, check=True
+            )
             times.append(time.perf_counter() - started)
         print(f"rltransfer {command + ' ' if command else ''}--help: {statistics.median(times):.2f} s")
 
