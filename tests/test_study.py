@@ -264,8 +264,8 @@ def test_an_interrupted_transfer_run_continues_after_the_study_directory_moved(
     study.update(seeds=1, strategies=["finetune"], budget=1024)
     original_save = Checkpointing.save
 
-    def save_then_stop(self) -> None:
-        original_save(self)
+    def save_then_stop(self, **kwargs) -> None:
+        original_save(self, **kwargs)
         if "finetune" in str(self.run_dir):
             request_stop(signal.SIGTERM)
 

@@ -69,7 +69,10 @@ def _run_plan(plan: StudyPlan, executor: Executor, progress: bool) -> StudyRepor
     started = time.perf_counter()
     _execute(executor, pending, _Progress(results, len(plan.runs), progress), plan.study_dir)
     described = getattr(executor, "description", "")
-    print(f"{len(pending)} runs in {time.perf_counter() - started:.0f} s{' ' * bool(described)}{described}.")
+    print(
+        f"{len(pending)} runs in {time.perf_counter() - started:.0f} s{' ' * bool(described)}{described}.",
+        flush=True,
+    )
     return build_report(plan, results)
 
 
