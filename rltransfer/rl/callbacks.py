@@ -120,9 +120,8 @@ class EvaluateAndKeepBest(EvalCallback):
             self.callback.last_best_mean_reward = state["last_best_mean_reward"]
 
     def _init_callback(self) -> None:
-        with (
-            warnings.catch_warnings()
-        ):  # a single-process eval env beside subprocess training envs is intended
+        # a single-process evaluation env beside subprocess training envs is intended
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Training and eval env are not of the same type")
             super()._init_callback()
 
