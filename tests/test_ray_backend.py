@@ -28,10 +28,13 @@ from rltransfer.core.interrupt import Interrupted, request_stop
 from rltransfer.study import run_study
 
 # Ray is imported by the fixture, after the token is in the environment: Ray reads its auth settings on import
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("ray") is None,
-    reason="needs the ray extra, which CI installs: pip install -e '.[ray]'",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec("ray") is None,
+        reason="needs the ray extra, which CI installs: pip install -e '.[ray]'",
+    ),
+    pytest.mark.slow,  # a Ray head and its workers: the fast tier leaves them out
+]
 
 SOURCE = {
     "budget": 512,
