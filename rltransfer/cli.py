@@ -1,4 +1,4 @@
-"""``rltransfer train | transfer | study | image | layers | envs``: the command line over the Python API."""
+"""``rltransfer train | transfer | study | tune | image | layers | envs``: the command line over the Python API."""
 
 from __future__ import annotations
 
@@ -83,6 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument(
         "--address", help="ray backend: the cluster's head, HOST:PORT (default: start Ray on this machine)"
     )
+    tune = commands.add_parser(
+        "tune",
+        help="search the transfer recipe that pays (Optuna) against an equally tuned scratch control",
+    )
+    tune.add_argument("config", nargs="?", help="YAML tune config, or a shipped one such as cartpole/tune")
+    tune.add_argument(
+        "--resume", metavar="TUNE_DIR", help="continue an interrupted tuning (finished trials are kept)"
+    )
+    tune.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)"
+    )
+    tune.add_argument("--name", help="tuning name (the tuning directory is LOG_ROOT/NAME)")
+    tune.add_argument("--budget", type=int, help="environment steps of every run")
+    tune.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    tune.add_argument("--log-root", dest="log_root", help="folder holding the tuning (default: runs)")
+    tune.add_argument("--workers", type=int, help="local backend: trials at once (default: the CPU cores)")
+    tune.add_argument(
+        "--backend", choices=["local", "ray"], help="where trials execute: a local process pool or Ray"
+    )
+    tune.add_argument(
+        "--address", help="ray backend: the cluster's head, HOST:PORT (default: start Ray on this machine)"
+    )
     image = commands.add_parser(
         "image",
         help="transfer an image classifier (freeze the trunk, new head, fine-tune) and compare with scratch",
@@ -125,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    commands = {"envs": _envs, "layers": _layers, "image": _image, "study": _study}
+    commands = {"envs": _envs, "layers": _layers, "image": _image, "study": _study, "tune": _tune}
     return commands.get(args.command, _run)(args)
 
 
@@ -136,13 +158,11 @@ def _envs(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _study(args: argparse.Namespace) -> int:
-    from rltransfer.core.config import load_config, resolve_config_path
-    from rltransfer.study import STUDY_CONFIG, StudyConfig, run_study
-
+def _execution_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """--backend/--address/--workers as config overrides: where runs execute may change on resume, what they
+    compute may not."""
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}.")
-    # where the runs execute may change on resume; what they compute may not
     execution = {
         f"execution.{key}": value
         for key, value in (("backend", args.backend), ("address", args.address), ("workers", args.workers))
@@ -152,26 +172,46 @@ def _study(args: argparse.Namespace) -> int:
         execution["execution.backend"] = "ray"
     if args.backend or args.address:  # a config's execution section belongs to the backend it names: replaced
         execution = {"execution": {key.split(".")[1]: value for key, value in execution.items()}}
+    return execution
+
+
+def _load_for_resume(args: argparse.Namespace, model: Any, saved_name: str, command: str) -> Any:
+    """The config a study or tuning directory saved, living where the directory is now."""
+    from rltransfer.core.config import load_config, resolve_config_path
+
+    execution = _execution_overrides(args)
     if args.resume:
         if args.config or _overrides(args):
             raise ConfigError(
-                "--resume continues a study with its own saved config; give only --resume STUDY_DIR (and, to "
+                f"--resume continues a {command} with its own saved config; give only --resume DIR (and, to "
                 "change where its runs execute, --backend, --address or --workers)."
             )
-        saved = Path(args.resume) / STUDY_CONFIG
+        saved = Path(args.resume) / saved_name
         if not saved.is_file():
-            raise ConfigError(f"{args.resume} is not an rltransfer study directory (no {STUDY_CONFIG}).")
-        # the study lives where it is now, whatever log_root it was started with
+            raise ConfigError(f"{args.resume} is not an rltransfer {command} directory (no {saved_name}).")
+        # it lives where it is now, whatever log_root it was started with
         where = Path(args.resume).resolve()
-        study = load_config(
-            saved, StudyConfig, {"log_root": str(where.parent), "name": where.name, **execution}
+        return load_config(saved, model, {"log_root": str(where.parent), "name": where.name, **execution})
+    if not args.config:
+        raise ConfigError(
+            f"rltransfer {command} needs a CONFIG (e.g. cartpole/{command}) or --resume {command.upper()}_DIR."
         )
-    elif not args.config:
-        raise ConfigError("rltransfer study needs a CONFIG (e.g. cartpole/study) or --resume STUDY_DIR.")
-    else:
-        study = load_config(resolve_config_path(args.config), StudyConfig, {**_overrides(args), **execution})
-    report = run_study(study)
+    return load_config(resolve_config_path(args.config), model, {**_overrides(args), **execution})
+
+
+def _study(args: argparse.Namespace) -> int:
+    from rltransfer.study import STUDY_CONFIG, StudyConfig, run_study
+
+    report = run_study(_load_for_resume(args, StudyConfig, STUDY_CONFIG, "study"))
     return 1 if report.failed else 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from rltransfer.tune.config import TuneConfig
+    from rltransfer.tune.search import TUNE_CONFIG, run_tune
+
+    report = run_tune(_load_for_resume(args, TuneConfig, TUNE_CONFIG, "tune"))
+    return 1 if report.confirmation.failed else 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ ALLOWED = {
     "agents": {"core"},
     "rl": {"core", "envs", "agents"},
     "study": {"core", "envs", "agents", "rl"},
+    "tune": {"core", "envs", "agents", "rl", "study"},
     "vision": {"core"},
 }
 

@@ -203,6 +203,40 @@ def test_a_study_on_the_cluster_matches_the_local_pool_and_resumes_without_redoi
     assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
 
 
+def test_a_tuning_runs_its_trials_on_the_cluster(head: str, tmp_path: Path, source: str) -> None:
+    """Trials are Ray tasks: they report to the driver's SQLite storage (same machine), their run directories
+    come back into the tuning directory, and the best trial is confirmed as a study on the cluster."""
+    import optuna
+
+    from rltransfer.tune import run_tune
+
+    report = run_tune(
+        {
+            "name": "tune-on-ray",
+            "log_root": str(tmp_path / "runs"),
+            "device": "cpu",
+            "source": {"path": source},
+            "target": {"id": "rltransfer/CartPoleShortPole-v1", "label": "short"},
+            "budget": 512,
+            "eval": {"every": 256, "episodes": 2},
+            "trials": 2,
+            "trial_seeds": [100],
+            "confirm_seeds": [0, 1],
+            "pruner": {"kind": "median", "startup_trials": 0, "warmup_evals": 0},
+            "execution": {"backend": "ray", "address": head},
+        }
+    )
+    tune_dir = report.tune_dir
+    study = optuna.load_study(study_name="tune-on-ray-transfer", storage=f"sqlite:///{tune_dir / 'tune.db'}")
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 2 and all(t.intermediate_values for t in trials)  # reported from the workers
+    for trial in trials:
+        run_dir = tune_dir / "trials" / "transfer" / f"trial{trial.number}" / "seed100"
+        assert (run_dir / "evaluations.json").is_file()
+        assert str(tune_dir) in (run_dir / "config.yaml").read_text()  # the driver's paths, not the worker's
+    assert len(list((tune_dir / "confirm" / "runs").rglob("result.json"))) == 4
+
+
 def _worker_pids(title: str) -> list[int]:
     pids = []
     for path in glob.glob("/proc/[0-9]*/cmdline"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,11 @@ class SaveBest(BaseCallback):
         return True
 
 
+OnEvaluation = Callable[[list[dict[str, float]]], "str | None"]
+"""Called after each evaluation with the curve so far (``{step, mean_return}`` points); returning a reason stops
+the run there (e.g. a tuning trial that is pruned), None lets it go on."""
+
+
 class EvaluateAndKeepBest(EvalCallback):
     """SB3's EvalCallback, evaluating at step 0 too, saving the best model atomically and recording the curve.
 
@@ -68,6 +74,7 @@ class EvaluateAndKeepBest(EvalCallback):
         min_evals: int,
         threshold: float | None,
         initial_is_candidate: bool = True,
+        on_evaluation: OnEvaluation | None = None,
     ) -> None:
         self.save_best = SaveBest(run_dir / "best_model.zip", threshold)
         stop = None
@@ -91,6 +98,7 @@ class EvaluateAndKeepBest(EvalCallback):
         self.initial_is_candidate = initial_is_candidate
         self.curve: list[dict[str, float]] = []
         self.stop_reason: str | None = None
+        self.on_evaluation = on_evaluation
         self._continue = True
 
     def state(self) -> dict[str, Any]:
@@ -146,6 +154,7 @@ class EvaluateAndKeepBest(EvalCallback):
         self.logger.dump(self.num_timesteps)
         self.curve.append({"step": self.num_timesteps, "mean_return": float(np.mean(returns))})
         write_json(self.run_dir / "evaluations.json", self.curve)
+        self._continue = self._ask_listener()
 
     def _on_step(self) -> bool:
         if not self._continue:
@@ -160,6 +169,7 @@ class EvaluateAndKeepBest(EvalCallback):
         if evaluating:
             self.curve.append({"step": self.num_timesteps, "mean_return": self.last_mean_reward})
             write_json(self.run_dir / "evaluations.json", self.curve)
+            keep_going = self._ask_listener() and keep_going
             if self.best_mean_reward == best_before and self.last_mean_reward == best_before:
                 # a tie with the best goes to the later model (same score, more training); SB3's patience
                 # still counts it as no improvement
@@ -170,6 +180,16 @@ class EvaluateAndKeepBest(EvalCallback):
             else:
                 self.stop_reason = f"no improvement in {self.callback.max_no_improvement_evals} evaluations"  # type: ignore[union-attr]
         return keep_going
+
+    def _ask_listener(self) -> bool:
+        """Hand the curve to ``on_evaluation``; a reason it returns stops the run and becomes its stop reason."""
+        if self.on_evaluation is None:
+            return True
+        reason = self.on_evaluation(list(self.curve))
+        if reason is None:
+            return True
+        self.stop_reason = str(reason)
+        return False
 
 
 class UnfreezeAt(BaseCallback):

@@ -44,6 +44,7 @@ from rltransfer.rl.callbacks import (
     Checkpointing,
     EvaluateAndKeepBest,
     NumericalStop,
+    OnEvaluation,
     RunInfo,
     UnfreezeAt,
     flat_hparams,
@@ -93,9 +94,11 @@ def train(
     *,
     progress_bar: bool = True,
     resume: str | Path | None = None,
+    on_evaluation: OnEvaluation | None = None,
 ) -> RunResult:
     """Train a source agent from scratch as the config says and return the run's result. ``resume`` continues
-    an interrupted run from its directory (with the config saved there)."""
+    an interrupted run from its directory (with the config saved there). ``on_evaluation`` is called with the
+    curve after each evaluation; a reason it returns stops the run there (a pruned tuning trial)."""
     if resume is not None:
         lock_run_dir(Path(resume))
         config = resume_config(resume, TrainConfig)
@@ -112,6 +115,7 @@ def train(
             kind="train",
             progress_bar=progress_bar,
             resume=resume is not None,
+            on_evaluation=on_evaluation,
         )
     finally:
         release_run_dir(run_dir)
@@ -136,6 +140,7 @@ def run_training(
     callbacks: list[BaseCallback] | None = None,
     resume: bool = False,
     on_finish: Callable[[], dict[str, Any]] | None = None,
+    on_evaluation: OnEvaluation | None = None,
 ) -> RunResult:
     """Learn for the config's budget with evaluation, early stopping and logging; write the run's files.
 
@@ -148,6 +153,7 @@ def run_training(
     record = _start_record(model, config, run_dir, kind, metadata, checkpoint)
     _open_logger(model, run_dir, resumed=checkpoint is not None)
     evaluation = _evaluation(model, config, run_dir, eval_env, kind)
+    evaluation.on_evaluation = on_evaluation
     extra = callbacks or []
     checkpointing = Checkpointing(run_dir, evaluation, extra, config.checkpoint.buffer_seconds)
     remaining = config.budget

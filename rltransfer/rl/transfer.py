@@ -24,7 +24,7 @@ from rltransfer.core.io import lock_run_dir, prepare_run_dir, release_run_dir, w
 from rltransfer.core.layers import select_layers
 from rltransfer.core.record import RunRecord
 from rltransfer.core.state import digest
-from rltransfer.rl.callbacks import UnfreezeAt
+from rltransfer.rl.callbacks import OnEvaluation, UnfreezeAt
 from rltransfer.rl.chain import chain_stage_config, check_chain, stage_state, stage_summary
 from rltransfer.rl.config import TransferConfig
 from rltransfer.rl.environment import make_envs
@@ -50,6 +50,7 @@ def transfer(
     verbose: bool = True,
     resume: str | Path | None = None,
     source: str | None = None,
+    on_evaluation: OnEvaluation | None = None,
 ) -> TransferResult:
     """Transfer a source agent to the config's target env, freeze the named layers and fine-tune the rest.
 
@@ -57,7 +58,8 @@ def transfer(
     stages are run directories under ``<run_dir>/chain/``. ``resume`` continues an interrupted transfer from its
     run directory (the same source must still exist); finished chain stages are reused, not retrained. With
     ``resume``, ``source`` says where that source lies now when it moved since the run started (a study directory
-    moved, a run continued on another machine); its digest must match the recorded one."""
+    moved, a run continued on another machine); its digest must match the recorded one. ``on_evaluation`` is
+    called with the target's curve after each evaluation; a reason it returns stops the run there."""
     if resume is not None:
         lock_run_dir(Path(resume))
         config = resume_config(resume, TransferConfig)
@@ -69,7 +71,7 @@ def transfer(
     if not config.chain:  # the run directory is created once the source, mapping and freezing are known good
         return _transfer_stage(
             config, run_dir, config.source, config.trust_source, first=True, resume=resume is not None,
-            progress_bar=progress_bar, verbose=verbose,
+            progress_bar=progress_bar, verbose=verbose, on_evaluation=on_evaluation,
         )  # fmt: skip
     # a missing or unreadable source fails before the chain's run directory exists
     load_source(config.source, trust=config.trust_source)
@@ -87,7 +89,7 @@ def transfer(
         return _transfer_stage(
             config, run_dir, source, trust, first=False,
             resume=resume is not None and RunRecord(run_dir).has_checkpoint(),
-            progress_bar=progress_bar, verbose=verbose, chain=stages,
+            progress_bar=progress_bar, verbose=verbose, chain=stages, on_evaluation=on_evaluation,
         )  # fmt: skip
 
 
@@ -135,6 +137,7 @@ def _transfer_stage(
     progress_bar: bool,
     verbose: bool,
     chain: list[dict[str, Any]] | None = None,
+    on_evaluation: OnEvaluation | None = None,
 ) -> TransferResult:
     """One transfer: load the source, build the target agent, map, freeze and fine-tune into `run_dir` (None:
     a new run directory, made once everything before training has worked)."""
@@ -179,6 +182,7 @@ def _transfer_stage(
         result = run_training(
             model, config, run_dir, eval_env, callbacks=callbacks, kind="transfer", progress_bar=progress_bar,
             metadata=metadata, texts={"transfer/layers": table}, resume=resume, on_finish=frozen_outcome,
+            on_evaluation=on_evaluation,
         )  # fmt: skip
     finally:
         release_run_dir(run_dir)

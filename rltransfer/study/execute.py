@@ -12,6 +12,7 @@ import multiprocessing
 import shutil
 import time
 import traceback
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,15 @@ def execute_run(kind: str, config: dict[str, Any], run_dir: str, fingerprint: st
     """Run one study run (in a worker process) and store its result beside it; failures are returned, not raised.
 
     A run that an earlier attempt left interrupted, with a checkpoint of this same run (config and source, by
-    fingerprint), continues from it; any other leftover is cleared and the run starts afresh."""
+    fingerprint), continues from it; any other leftover is cleared and the run starts afresh.
+
+    A `kind` of the form ``module:function`` runs that function instead, as ``function(config, run_dir,
+    fingerprint)`` returning a record of the same shape (a tuning trial: several seeds, with pruning)."""
     if multiprocessing.current_process().name != "MainProcess":
         torch.set_num_threads(1)  # one thread per worker; runs in the caller's process keep its setting
+    if ":" in kind:
+        module, _, function = kind.partition(":")
+        return getattr(import_module(module), function)(config, run_dir, fingerprint)
     path = Path(run_dir)
     parsed = parse_config(config, TrainConfig if kind == "train" else TransferConfig)
     started = time.perf_counter()

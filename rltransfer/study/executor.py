@@ -39,6 +39,11 @@ class LocalExecutor:
     def description(self) -> str:
         return f"with {self.workers} workers"
 
+    @property
+    def slots(self) -> int:
+        """Runs that go at once."""
+        return max(1, self.workers)
+
     def run(self, specs: Sequence[RunSpec], on_record: OnRecord) -> int | None:
         if self.workers <= 1 or len(specs) <= 1:
             return self._in_process(specs, on_record)

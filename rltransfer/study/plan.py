@@ -138,7 +138,7 @@ def _check_strategy_extras(
         check_env(stage.env, f"strategies {strategy.name}.chain.{index}.env")
     if strategy.layer_map:
         first_env = strategy.chain[0].env.model_dump() if strategy.chain else env
-        policy = _probe_policy(agent, EnvConfig(**{**first_env, "n_envs": env["n_envs"]}))
+        policy = probe_policy(agent, EnvConfig(**{**first_env, "n_envs": env["n_envs"]}))
         try:
             map_weights(source_state, policy, layer_map=strategy.layer_map)
         except ConfigError as error:
@@ -167,7 +167,7 @@ def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def _probe_policy(agent: AgentConfig, env: EnvConfig) -> Any:
+def probe_policy(agent: AgentConfig, env: EnvConfig) -> Any:
     """An untrained policy for `env`, to check layer names and shapes before any run starts."""
     train_env, eval_env = make_envs(env, 0)
     try:
@@ -178,7 +178,7 @@ def _probe_policy(agent: AgentConfig, env: EnvConfig) -> Any:
 
 
 @dataclass
-class _Source:
+class StudySourceInfo:
     """The study's source as planning needs it: where it is (or the config that trains it) and its weights."""
 
     path: Path | None
@@ -191,7 +191,7 @@ class _Source:
 def plan_study(config: StudyConfig) -> StudyPlan:
     """Validate the whole study (source, targets, strategies, layer names, mappability) and list its runs."""
     study_dir = Path(config.log_root) / config.name
-    source = _study_source(config, study_dir)
+    source = study_source(config, study_dir)
     n_envs = config.n_envs or (source.config.env.n_envs if source.config else 1)
     strategies = _strategies(config)
     labels = [target_label(t) for t in config.targets]
@@ -203,7 +203,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     return plan
 
 
-def _study_source(config: StudyConfig, study_dir: Path) -> _Source:
+def study_source(config: StudyConfig, study_dir: Path) -> StudySourceInfo:
     if (config.source.config is None) == (config.source.path is None):
         raise ConfigError(
             "`source` needs exactly one of `config` (a train config to run first) or `path` (an agent)."
@@ -216,17 +216,17 @@ def _study_source(config: StudyConfig, study_dir: Path) -> _Source:
             "device": config.device,
         }
         source_config = load_config(resolve_config_path(config.source.config), TrainConfig, overrides)
-        state = _probe_policy(source_config.agent, source_config.env).state_dict()
+        state = probe_policy(source_config.agent, source_config.env).state_dict()
         agent = config.agent or source_config.agent
-        return _Source(None, source_config, state, agent, config_fingerprint(source_config))
+        return StudySourceInfo(None, source_config, state, agent, config_fingerprint(source_config))
     source = load_source(config.source.path, trust=config.source.trust_source)
     agent = config.agent or source_agent_config(source)
-    return _Source(source.path, None, source.state_dict, agent, digest(source.path)[:16])
+    return StudySourceInfo(source.path, None, source.state_dict, agent, digest(source.path)[:16])
 
 
 def _plan_target(
     plan: StudyPlan,
-    source: _Source,
+    source: StudySourceInfo,
     strategies: dict[str, StudyStrategy | str],
     where: str,
     target: StudyTarget,
@@ -243,7 +243,7 @@ def _plan_target(
             f"`{where}` {target.id} has no reward threshold; set the study's `threshold` to a return."
         )
     plan.thresholds[label] = float(threshold)
-    policy = _probe_policy(source.agent, EnvConfig(**env))
+    policy = probe_policy(source.agent, EnvConfig(**env))
     mapping = map_weights(source.state, policy)
     if not mapping.copied:  # (a strategy may still re-initialise everything on purpose, as a control)
         raise TransferError(

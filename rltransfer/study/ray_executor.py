@@ -64,6 +64,14 @@ class RayExecutor:
     def description(self) -> str:
         return f"on the Ray cluster at {self.address}" if self.address else "on Ray on this machine"
 
+    @property
+    def slots(self) -> int:
+        """Runs that go at once: the cluster's CPUs over each run's share."""
+        ray = import_ray()
+        if not ray.is_initialized():
+            self.check()
+        return max(1, int(ray.cluster_resources().get("CPU", 1) // self.cpus_per_run))
+
     def check(self) -> None:
         """Join (or start) Ray and check that a run fits the cluster's resources: before anything trains."""
         ray = import_ray()

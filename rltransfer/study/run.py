@@ -17,6 +17,7 @@ from rltransfer.core.config import coerce_config, dump_config
 from rltransfer.core.errors import TransferError
 from rltransfer.core.interrupt import Interrupted, stop_on_signals
 from rltransfer.core.io import write_text
+from rltransfer.rl.config import TrainConfig
 from rltransfer.study.config import StudyConfig
 from rltransfer.study.execute import execute_run, finished_result
 from rltransfer.study.executor import Executor, LocalExecutor
@@ -152,20 +153,24 @@ def _warn_if_too_few_seeds(plan: StudyPlan) -> None:
 
 
 def _train_source(plan: StudyPlan) -> Path:
-    """Train the study's source once; a finished source with the same config is reused."""
     assert plan.source_config is not None
-    run_dir = plan.study_dir / "source"
-    fingerprint = config_fingerprint(plan.source_config)
+    return train_source(plan.source_config, plan.study_dir / "source", plan.study_dir, "study")
+
+
+def train_source(config: TrainConfig, run_dir: Path, home: Path, command: str) -> Path:
+    """Train a study's (or a tuning's) source once into `run_dir`; a finished source with the same config is
+    reused. An interrupt names `home` as what ``rltransfer COMMAND --resume`` continues."""
+    fingerprint = config_fingerprint(config)
     if finished_result(run_dir, fingerprint) is not None and (run_dir / "best_model.zip").exists():
         print(f"Source: reusing {run_dir}", flush=True)
         return run_dir
-    print(f"Source: training {plan.source_config.env.id} into {run_dir}", flush=True)
-    with stop_on_signals(resume=(plan.study_dir, "study")):
-        record = execute_run("train", plan.source_config.model_dump(mode="json"), str(run_dir), fingerprint)
+    print(f"Source: training {config.env.id} into {run_dir}", flush=True)
+    with stop_on_signals(resume=(home, command)):
+        record = execute_run("train", config.model_dump(mode="json"), str(run_dir), fingerprint)
     if record["status"] == "interrupted":
-        raise Interrupted(record["signal"], plan.study_dir, "study", " while training the source")
+        raise Interrupted(record["signal"], home, command, " while training the source")
     if record["status"] != "finished":
         raise TransferError(
-            f"The study's source failed to train: {record['error']}. See {run_dir / 'error.json'}."
+            f"The {command}'s source failed to train: {record['error']}. See {run_dir / 'error.json'}."
         )
     return run_dir
