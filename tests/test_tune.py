@@ -195,3 +195,30 @@ def test_without_optuna_the_error_names_the_extra(tune, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "optuna", None)  # what an install without the extra looks like
     with pytest.raises(ConfigError, match=r'pip install "rltransfer\[tune\]"'):
         run_tune(tune)
+
+
+@pytest.mark.slow  # two subprocesses
+def test_a_tuning_killed_mid_trial_resumes_without_redoing_finished_trials(tune, tmp_path: Path, cli) -> None:
+    """SIGKILL (no chance to save anything) while trial 1 runs: the resume keeps trial 0 as it was, runs trial 1
+    again with its parameters, and finishes the search and the confirmation."""
+    import subprocess
+
+    tune.update(budget=2048)
+    config = tmp_path / "tune.yaml"
+    config.write_text(yaml.safe_dump(tune))
+    tune_dir = tmp_path / "runs" / "tiny-tune"
+    ready = tune_dir / "trials" / "transfer" / "trial1" / "seed100" / "evaluations.json"
+    code, _ = cli.signal_when_ready(cli.rltransfer_cli("tune", str(config)), ready, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert [t.state.name for t in _trials(tune_dir, "tiny-tune", "transfer")] == ["COMPLETE", "RUNNING"]
+    first = (tune_dir / "trials" / "transfer" / "trial0" / "result.json").read_text()
+
+    resumed = subprocess.run(
+        cli.rltransfer_cli("tune", "--resume", str(tune_dir)), capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    trials = _trials(tune_dir, "tiny-tune", "transfer")
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[2].params == trials[1].params
+    assert (tune_dir / "trials" / "transfer" / "trial0" / "result.json").read_text() == first
+    assert (tune_dir / "tune.md").is_file() and (tune_dir / "best-transfer.yaml").is_file()

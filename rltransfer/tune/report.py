@@ -189,7 +189,15 @@ def _markdown(setup: TuneSetup, arms: dict[str, Arm], report: TuneReport) -> str
     for name, values in report.importances.items():
         text = ", ".join(f"{k} {v:.2f}" for k, v in values.items()) or "too few finished trials"
         lines.append(f"- {name}: {text}")
-    lines += ["", "![optimisation history](history.png)", "", "![parameter importance](importance.png)", ""]
+    lines += [
+        "",
+        "![optimisation history](history.png)",
+        "",
+        "![parameter importance](importance.png)",
+        "",
+        "![confirmation: tuned transfer against tuned scratch](confirm/curves.png)",
+        "",
+    ]
     for name, arm in arms.items():
         lines += [
             f"## Trials: {name} ({_trial_seconds(arm):,.0f} s of trial time)",
@@ -230,6 +238,8 @@ def _json(setup: TuneSetup, arms: dict[str, Arm], report: TuneReport) -> dict[st
             "importances": report.importances,
             "trials": {name: _rows(arm) for name, arm in arms.items()},
             "trial_seconds": {name: round(_trial_seconds(arm), 1) for name, arm in arms.items()},
+            # wall time of each arm's search in the command that wrote this report (a resume counts what it ran)
+            "search_wall_seconds": {name: round(arm.seconds, 1) for name, arm in arms.items()},
             "confirmation": str(report.confirmation.report_json),
             "versions": versions(),
         }
