@@ -133,3 +133,30 @@ class _AgentOnly(Section):
 def parse_agent(data: Any, origin: str = "config") -> AgentConfig:
     """Validate an ``agent`` section on its own (errors name `agent.<key>`)."""
     return parse_config({"agent": data}, _AgentOnly, origin).agent
+
+
+def inherit_agent(base: AgentConfig, given: AgentConfig | None, origin: str = "config") -> AgentConfig:
+    """The agent a transfer builds: the source's (`base`) with what the config's ``agent`` section sets on top.
+
+    Only the keys the user wrote count, so ``agent: {hyperparams: {n_steps: 256}}`` keeps the source's network,
+    optimizer and other settings. With another algorithm than the source's, only the source's network
+    (``policy``) is kept: its hyperparameters and optimizer belong to its own algorithm."""
+    if given is None:
+        return base
+    changes = given.model_dump(mode="json", exclude_unset=True)
+    inherited = base.model_dump(mode="json")
+    if changes.get("algo", base.algo) != base.algo:
+        inherited = {"policy": inherited["policy"]}
+    return parse_agent(_deep_merge(inherited, changes), origin)
+
+
+def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "hyperparams":
+            merged[key] = _deep_merge(merged[key], value)
+        elif key == "hyperparams" and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged

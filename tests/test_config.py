@@ -28,11 +28,19 @@ def test_shipped_configs_validate(path: Path) -> None:
 
         assert load_config(path, ImageConfig).stages
         return
+    from rltransfer.rl.config import EnvConfig
+    from rltransfer.rl.environment import check_env
+
+    if "space" in data:  # rltransfer tune
+        from rltransfer.tune import TuneConfig
+
+        tune = load_config(path, TuneConfig)
+        assert tune.trials > 0 and not set(tune.trial_seed_list()) & set(tune.confirm_seed_list())
+        check_env(EnvConfig(id=tune.target.id, context=tune.target.context))
+        return
     model = StudyConfig if "targets" in data else TransferConfig if "source" in data else TrainConfig
     config = load_config(path, model)
     assert config.budget > 0
-    from rltransfer.rl.config import EnvConfig
-    from rltransfer.rl.environment import check_env
 
     # every game a shipped config names exists, with context inside its family's ranges
     if isinstance(config, StudyConfig):

@@ -132,6 +132,42 @@ def test_replace_head_puts_fresh_layer_of_new_size() -> None:
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 5)
 
 
+def test_after_freezing_everything_only_the_replaced_head_trains() -> None:
+    """PyTorch's convention: a new module trains. `freeze(model, "*")` reaches the parameters the model holds
+    itself (a ViT's class_token), and the head replaced afterwards learns while everything else stays
+    bit-identical."""
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        image_size=32, patch_size=16, num_layers=1, num_heads=1, hidden_dim=8, mlp_dim=8
+    )
+    freeze(model, "*")
+    assert not any(p.requires_grad for p in model.parameters())  # class_token included
+    head = replace_head(model, 3, example_input=torch.zeros(1, 3, 32, 32))
+    assert rltransfer.find_head(model) == "heads.head" and head.weight.requires_grad
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model.train()
+    assert (
+        head.training and not model.encoder.training
+    )  # the new head follows the model's mode, the rest stays in eval
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(torch.randn(4, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed == {"heads.head.weight", "heads.head.bias"}
+
+
+def test_freezing_part_of_a_model_leaves_its_own_parameters_trainable() -> None:
+    from torchvision.models import VisionTransformer
+
+    model = VisionTransformer(
+        image_size=32, patch_size=16, num_layers=1, num_heads=1, hidden_dim=8, mlp_dim=8
+    )
+    freeze(model, "encoder")
+    assert model.class_token.requires_grad and model.conv_proj.weight.requires_grad
+
+
 def test_find_head_on_sb3_policies_and_bad_name() -> None:
     assert rltransfer.find_head(ppo_policy()) == "action_net"
     dqn = DQN("MlpPolicy", "CartPole-v1", seed=0, device="cpu", learning_starts=0, buffer_size=100)

@@ -346,3 +346,28 @@ def test_a_parameter_held_by_the_policy_itself_gets_a_named_row() -> None:
     wider = {**state, "log_std": torch.zeros(3)}  # another action count: log_std is re-initialised, by name
     assert plan_mapping(state, wider).reinitialised["log_std"]["target"] == [(3,)]
     assert "log_std" in plan_mapping(state, state, reinit=["log_std"]).reinitialised
+
+
+def test_an_agent_section_that_only_changes_hyperparameters_keeps_the_source_network(
+    tiny_source, tiny_transfer
+) -> None:
+    """The tiny source has [16, 16] hidden layers; SB3's default is [64, 64]. Setting only `n_steps` must still
+    build (and copy into) the source's network, and a resume must build the same one."""
+    tiny_transfer.update(source=str(tiny_source), agent={"hyperparams": {"n_steps": 64}})
+    result = rltransfer.transfer(tiny_transfer, progress_bar=False, verbose=False)
+    assert "mlp_extractor.policy_net.0" in result.mapping.copied and not result.mapping.reinitialised
+    saved = rltransfer.load_config(result.run_dir / "config.yaml", rltransfer.TransferConfig)
+    assert saved.agent.policy.hidden == [16, 16] and saved.agent.hyperparams["n_steps"] == 64
+    assert saved.agent.hyperparams["batch_size"] == 64  # the source's other settings are kept too
+    model = PPO.load(result.best_model, device="cpu")
+    assert model.n_steps == 64 and model.policy.mlp_extractor.policy_net[0].out_features == 16
+
+
+def test_another_algorithm_keeps_only_the_source_network() -> None:
+    from rltransfer.agents.config import inherit_agent, parse_agent
+
+    source = parse_agent({"algo": "ppo", "hyperparams": {"n_steps": 32}, "policy": {"hidden": [16, 16]}})
+    given = parse_agent({"algo": "a2c", "optimizer": {"lr": 0.001}})
+    agent = inherit_agent(source, given)
+    assert agent.algo == "a2c" and agent.policy.hidden == [16, 16] and agent.hyperparams == {}
+    assert agent.optimizer.lr == 0.001

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from rltransfer.core.errors import LayerSelectionError, did_you_mean, short_list
+from rltransfer.core.layers import split_pinned_ancestors
 
 # Where well-known models keep their output layer, tried in this order before the generic fallback
 # (the last nn.Linear in definition order). Containers resolve to the last Linear inside them.
@@ -52,8 +53,9 @@ def replace_head(
     """Put a freshly initialised ``nn.Linear(in_features, num_outputs)`` in place of the model's head.
 
     ``name`` picks the layer (default: :func:`find_head`). The new layer keeps the old one's input size, bias,
-    dtype, device and trainable state. With ``example_input`` a forward pass checks that the output now ends in
-    ``num_outputs``. Returns the new layer.
+    dtype and device, and trains, as any new PyTorch module does, even when the old head (or the whole model) was
+    frozen: after ``freeze(model, "*")`` only the new head learns. With ``example_input`` a forward pass checks
+    that the output now ends in ``num_outputs``. Returns the new layer.
     """
     if not isinstance(num_outputs, int) or num_outputs < 1:
         raise ValueError(f"num_outputs must be a positive integer, got {num_outputs!r}.")
@@ -69,10 +71,13 @@ def replace_head(
         )
     new = nn.Linear(old.in_features, num_outputs, bias=old.bias is not None)
     new = new.to(device=old.weight.device, dtype=old.weight.dtype)
-    new.requires_grad_(old.weight.requires_grad)
     parent_name, _, child_name = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
+    split_pinned_ancestors(
+        model, name
+    )  # a frozen container keeps its other children frozen, not the new head
     setattr(parent, child_name, new)
+    new.train(model.training)
     if example_input is not None:
         _verify_outputs(model, num_outputs, example_input)
     return new

@@ -193,10 +193,34 @@ def _collapse(model: nn.Module, names: list[str]) -> list[str]:
 
 
 def freeze(model: nn.Module, patterns: str | Iterable[str]) -> list[str]:
-    """Freeze the selected modules (no gradients, pinned to eval mode) and return their names."""
+    """Freeze the selected modules (no gradients, pinned to eval mode) and return their names. A selection that
+    covers every sub-module holding parameters (``"*"``) freezes the whole model, including parameters the model
+    holds itself (a ViT's ``class_token``)."""
     names = select_layers(model, patterns)
     freeze_modules(model, names)
+    if _covers_children(model, set(names)):
+        for param in model.parameters(recurse=False):
+            param.requires_grad_(False)
+            param.grad = None
     return names
+
+
+def _covers_children(model: nn.Module, names: set[str]) -> bool:
+    """True when every direct child of the model that holds parameters is selected or lies wholly under the
+    selection (a name selected in it for each of its parameter-holding parts)."""
+    for child_name, child in model.named_children():
+        if not any(True for _ in child.parameters()):
+            continue
+        if child_name in names:
+            continue
+        owners = {
+            f"{child_name}.{name}" if name else child_name
+            for name, module in child.named_modules()
+            if any(True for _ in module.parameters(recurse=False))
+        }
+        if not all(any(owner == n or owner.startswith(n + ".") for n in names) for owner in owners):
+            return False
+    return True
 
 
 def freeze_modules(model: nn.Module, names: Iterable[str]) -> None:

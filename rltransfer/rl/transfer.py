@@ -14,7 +14,7 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from rltransfer.agents.builder import build_agent
-from rltransfer.agents.config import AgentConfig
+from rltransfer.agents.config import AgentConfig, inherit_agent
 from rltransfer.agents.freezing import freeze_agent, is_target_copy, layer_copies
 from rltransfer.core.config import coerce_config, dump_config
 from rltransfer.core.device import resolve_device
@@ -145,7 +145,8 @@ def _transfer_stage(
     source_digest = digest(source.path)
     if resume and run_dir is not None:
         _check_same_source(run_dir, source.path, source_digest)
-    agent = config.agent or source_agent_config(source)
+    agent = inherit_agent(source_agent_config(source), config.agent, "agent")
+    config = config.model_copy(update={"agent": agent})  # config.yaml holds the agent built, for --resume
     train_env, eval_env = make_envs(config.env, config.seed)
     model = build_agent(agent, train_env, seed=config.seed, device=resolve_device(config.device))
     mapping = _map_and_freeze(model, source, agent, config, first)

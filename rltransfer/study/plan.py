@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from rltransfer.agents.builder import build_agent
-from rltransfer.agents.config import AgentConfig, parse_agent
+from rltransfer.agents.config import AgentConfig, inherit_agent, parse_agent
 from rltransfer.agents.freezing import hidden_layers, trunk_layers
 from rltransfer.core.config import load_config, resolve_config_path
 from rltransfer.core.errors import ConfigError, LayerSelectionError, TransferError, did_you_mean, short_list
@@ -192,6 +192,8 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     """Validate the whole study (source, targets, strategies, layer names, mappability) and list its runs."""
     study_dir = Path(config.log_root) / config.name
     source = study_source(config, study_dir)
+    # the agent every run builds, in full: study.yaml then resumes with exactly it
+    config = config.model_copy(update={"agent": source.agent})
     n_envs = config.n_envs or (source.config.env.n_envs if source.config else 1)
     strategies = _strategies(config)
     labels = [target_label(t) for t in config.targets]
@@ -217,10 +219,10 @@ def study_source(config: StudyConfig, study_dir: Path) -> StudySourceInfo:
         }
         source_config = load_config(resolve_config_path(config.source.config), TrainConfig, overrides)
         state = probe_policy(source_config.agent, source_config.env).state_dict()
-        agent = config.agent or source_config.agent
+        agent = inherit_agent(source_config.agent, config.agent, "study agent")
         return StudySourceInfo(None, source_config, state, agent, config_fingerprint(source_config))
     source = load_source(config.source.path, trust=config.source.trust_source)
-    agent = config.agent or source_agent_config(source)
+    agent = inherit_agent(source_agent_config(source), config.agent, "study agent")
     return StudySourceInfo(source.path, None, source.state_dict, agent, digest(source.path)[:16])
 
 

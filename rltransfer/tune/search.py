@@ -143,6 +143,7 @@ def _setup(config: TuneConfig) -> TuneSetup:
     policy = probe_policy(parse_agent(run["agent"], "agent"), EnvConfig(**run["env"]))
     reinitialised = set(map_weights(source.state, policy).reinitialised)
     layers = layer_options(policy, config.space, reinitialised)
+    config = config.model_copy(update={"agent": source.agent})  # in full: --resume builds exactly it
     tune_dir.mkdir(parents=True, exist_ok=True)
     write_text(tune_dir / TUNE_CONFIG, dump_config(config))
     storage = config.storage or default_storage(tune_dir)
