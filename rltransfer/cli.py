@@ -1,4 +1,4 @@
-"""``rltransfer train | transfer | study | tune | image | layers | envs``: the command line over the Python API."""
+"""``rltransfer train | transfer | study | tune | evaluate | image | layers | envs``: the command line over the Python API."""
 
 from __future__ import annotations
 
@@ -125,6 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("--log-root", dest="log_root", help="folder holding every run (default: runs)")
     image.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     image.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="play a saved agent for N episodes and print its mean return; --video records them to MP4",
+    )
+    evaluate.add_argument("agent", help="an rltransfer run directory or an SB3 .zip")
+    evaluate.add_argument("--env", help="game to play (default: the one the agent's run was trained on)")
+    evaluate.add_argument("--episodes", type=int, default=10, help="episodes to play (default: 10)")
+    evaluate.add_argument("--video", metavar="DIR", help="record every episode to an MP4 in DIR")
+    evaluate.add_argument(
+        "--stochastic", action="store_true", help="sample actions instead of the greedy policy"
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the evaluation env (default: 0)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    evaluate.add_argument(
+        "--trust-source",
+        action="store_true",
+        help="load with SB3's full loader (runs pickled code: trusted files only)",
+    )
     layers = commands.add_parser("layers", help="list an agent's layers (name, type, shapes, trainable)")
     layers.add_argument("agent", help="an rltransfer run directory or an SB3 .zip")
     commands.add_parser("envs", help="list the families of similar games and their context parameters")
@@ -147,7 +165,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    commands = {"envs": _envs, "layers": _layers, "image": _image, "study": _study, "tune": _tune}
+    commands = {
+        "envs": _envs,
+        "layers": _layers,
+        "image": _image,
+        "study": _study,
+        "tune": _tune,
+        "evaluate": _evaluate,
+    }
     return commands.get(args.command, _run)(args)
 
 
@@ -282,6 +307,17 @@ def _image(args: argparse.Namespace) -> int:
         log_root = Path(config.log_root)
     print(result.summary())
     print(f"TensorBoard: tensorboard --logdir {log_root}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from rltransfer.rl.evaluate import evaluate
+
+    result = evaluate(
+        args.agent, env=args.env, episodes=args.episodes, deterministic=not args.stochastic, seed=args.seed,
+        video_dir=args.video, device=args.device, trust=args.trust_source,
+    )  # fmt: skip
+    print(result.summary())
     return 0
 
 
