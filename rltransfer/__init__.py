@@ -9,6 +9,7 @@ beyond ``run_image`` live in :mod:`rltransfer.vision`.
 from __future__ import annotations
 
 from importlib import import_module
+from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
 from rltransfer import envs  # noqa: F401  (registers the game families with gymnasium)
@@ -38,7 +39,10 @@ if TYPE_CHECKING:  # what IDEs and type checkers see for the names loaded on fir
     from rltransfer.vision.config import ImageConfig
     from rltransfer.vision.pipeline import run_image
 
-__version__ = "0.1.0"
+try:  # one source of truth: the version in pyproject.toml, as installed
+    __version__ = _metadata.version("rltransfer")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "unknown"
 
 _LAZY = {
     "find_head": "rltransfer.core.heads",

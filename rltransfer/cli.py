@@ -49,8 +49,18 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rltransfer")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rltransfer", description="Reinforcement transfer learning on SB3.")
+    parser.add_argument("--version", action="version", version=f"rltransfer {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a source agent from a config")
     _run_args(train)
@@ -82,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.add_argument(
         "--address", help="ray backend: the cluster's head, HOST:PORT (default: start Ray on this machine)"
+    )
+    study.add_argument(
+        "--no-progress", action="store_true", help="hide the progress bar and the per-run lines"
     )
     tune = commands.add_parser(
         "tune",
@@ -143,7 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="load with SB3's full loader (runs pickled code: trusted files only)",
     )
-    layers = commands.add_parser("layers", help="list an agent's layers (name, type, shapes, trainable)")
+    layers = commands.add_parser(
+        "layers",
+        help="list an agent's tensors: name, shape, parameter count",
+        description="Print every tensor of a saved agent's policy (name, shape, parameter count) and its algorithm. "
+        "The layer names that freeze, reinit and layer_map take are these names without .weight / .bias.",
+    )
     layers.add_argument("agent", help="an rltransfer run directory or an SB3 .zip")
     commands.add_parser("envs", help="list the families of similar games and their context parameters")
     return parser
@@ -227,7 +245,9 @@ def _load_for_resume(args: argparse.Namespace, model: Any, saved_name: str, comm
 def _study(args: argparse.Namespace) -> int:
     from rltransfer.study import STUDY_CONFIG, StudyConfig, run_study
 
-    report = run_study(_load_for_resume(args, StudyConfig, STUDY_CONFIG, "study"))
+    report = run_study(
+        _load_for_resume(args, StudyConfig, STUDY_CONFIG, "study"), progress=not args.no_progress
+    )
     return 1 if report.failed else 0
 
 
@@ -266,7 +286,14 @@ def _run(args: argparse.Namespace) -> int:
             state = "bit-identical" if result.frozen_unchanged else "CHANGED (please report this)"
             print(f"Frozen layers after fine-tuning: {state}.")
     print(result.summary())
-    print(f"TensorBoard: tensorboard --logdir {result.run_dir.parent}")
+    print(
+        f"Curve: {result.run_dir / 'curves.png'}  TensorBoard: tensorboard --logdir {result.run_dir.parent}"
+    )
+    if args.command == "transfer":
+        print(
+            "Did it pay? Compare with learning from scratch on the same budget and seeds: `rltransfer study` with "
+            "`strategies: [scratch, finetune]` (docs/studies.md), or `rltransfer tune` to tune both (docs/tune.md)."
+        )
     return 0
 
 

@@ -64,6 +64,77 @@ def test_train_then_transfer_with_the_shipped_configs(tmp_path: Path) -> None:
     assert len([p for p in runs.iterdir() if p.name.startswith("cartpole-source")]) == 2
     layers = cli("layers", str(runs / "cartpole-source"), cwd=tmp_path)
     assert layers.returncode == 0 and "mlp_extractor.policy_net.0.weight" in layers.stdout
+    # what a user reads: the zero-shot return first, then where the curve is and how to tell whether it paid
+    assert "Zero-shot return (before fine-tuning): " in transfer.stdout
+    assert "Did it pay? Compare with learning from scratch" in transfer.stdout
+    for run in ("cartpole-source", "cartpole-longpole"):
+        assert (runs / run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_layers_help_says_what_it_prints(capsys) -> None:
+    from rltransfer.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["layers", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "name, shape, parameter count" in help_text and "without .weight / .bias" in help_text
+
+
+def test_version_prints_the_installed_version(capsys) -> None:
+    from importlib.metadata import version
+
+    from rltransfer.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"rltransfer {version('rltransfer')}"
+
+
+@pytest.mark.parametrize(
+    ("kind", "setting", "expected"),
+    [
+        (
+            "train",
+            "n_timesteps=1000",
+            "`n_timesteps` is not a setting here: rltransfer calls the training length `budget`",
+        ),
+        (
+            "train",
+            "agent.policy_kwargs={}",
+            "`agent.policy_kwargs` is not a setting here: the network is `agent.policy`",
+        ),
+        (
+            "train",
+            "threshold=400",
+            "`threshold` is not a setting here: a run's return threshold is `eval.threshold`",
+        ),
+        (
+            "study",
+            "eval.threshold=400",
+            "`eval.threshold` is not a setting here: a study's (or tuning's) return",
+        ),
+        (
+            "study",
+            "eval.patience=3",
+            "`eval.patience` is not a setting here: the runs of a study or tuning never",
+        ),
+    ],
+)
+def test_keys_from_the_zoo_or_another_config_kind_point_to_the_right_place(kind, setting, expected) -> None:
+    from rltransfer.core.config import load_config
+    from rltransfer.core.errors import ConfigError
+    from rltransfer.rl.config import TrainConfig
+    from rltransfer.study.config import StudyConfig
+
+    model, path = (
+        (TrainConfig, "configs/cartpole/source.yaml")
+        if kind == "train"
+        else (StudyConfig, "configs/cartpole/study.yaml")
+    )
+    key, _, value = setting.partition("=")
+    with pytest.raises(ConfigError) as error:
+        load_config(REPO / path, model, {key: yaml.safe_load(value)})
+    assert expected in str(error.value)
 
 
 @pytest.mark.slow

@@ -139,6 +139,8 @@ def _explain(error: ValidationError, model: type[BaseModel], origin: str) -> str
     if kind == "extra_forbidden":
         known = _known_keys(model, first["loc"][:-1])
         key = str(first["loc"][-1])
+        if location in MOVED:
+            return f"{origin}: `{location}` is not a setting here: {MOVED[location]}."
         return (
             f"{origin}: `{location}` is not a known setting{did_you_mean(key, known)}. "
             f"Known settings here: {', '.join(known)}. Remove or rename the key."
@@ -149,6 +151,24 @@ def _explain(error: ValidationError, model: type[BaseModel], origin: str) -> str
     shown = repr(got) if not isinstance(got, dict) else "a mapping"
     message = str(first["msg"]).removeprefix("Value error, ")
     return f"{origin}: `{location}` is invalid: {message} (got {shown}). Fix the value in the config."
+
+
+MOVED = {
+    "n_timesteps": "rltransfer calls the training length `budget` (environment steps)",
+    "policy_kwargs": "the network is `agent.policy` (`hidden`, `activation`, `dropout`, ...)",
+    "agent.policy_kwargs": "the network is `agent.policy` (`hidden`, `activation`, `dropout`, ...)",
+    "learning_rate": "the learning rate is `agent.optimizer.lr`",
+    "agent.learning_rate": "the learning rate is `agent.optimizer.lr`",
+    "n_envs": "parallel environments are `env.n_envs`",
+    "threshold": "a run's return threshold is `eval.threshold` (a study's and a tuning's is the top-level "
+    "`threshold`)",
+    "eval.threshold": "a study's (or tuning's) return threshold is the top-level `threshold`, used for time to "
+    "threshold; `eval.threshold` is for train and transfer configs, where it stops training",
+    "eval.patience": "the runs of a study or tuning never stop early (every run gets the same budget); "
+    "`eval.patience` is for train and transfer configs",
+}
+"""Keys users bring from rl-baselines3-zoo or from another kind of rltransfer config, with where the setting
+lives here."""
 
 
 _UNION_TAGS = {

@@ -31,6 +31,7 @@ from rltransfer.core.errors import ConfigError, NumericalError, RLTransferError,
 from rltransfer.core.interrupt import Interrupted, stop_on_signals
 from rltransfer.core.io import (
     WRITE_FAULTS,
+    atomic_path,
     cannot_write,
     lock_run_dir,
     prepare_run_dir,
@@ -384,4 +385,23 @@ def _finish(
         **(on_finish() if on_finish is not None else {}),
     )
     shutil.rmtree(record.checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
+    write_curve_png(record.run_dir / "curves.png", result.curve, evaluation.save_best.threshold)
     return result
+
+
+def write_curve_png(path: Path, curve: list[dict[str, float]], threshold: float | None) -> None:
+    """The evaluation curve as a PNG beside evaluations.json (with the threshold, when there is one)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 3.5))
+    axis = figure.subplots()
+    axis.plot([p["step"] for p in curve], [p["mean_return"] for p in curve], marker="o", markersize=3)
+    if threshold is not None:
+        axis.axhline(threshold, color="gray", linestyle=":", linewidth=1, label=f"threshold {threshold:g}")
+        axis.legend(fontsize=8)
+    axis.set_xlabel("environment steps")
+    axis.set_ylabel("evaluation return")
+    axis.set_title(path.parent.name, fontsize=10)
+    figure.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=100, format="png")

@@ -183,13 +183,24 @@ def _transfer_stage(
         result = run_training(
             model, config, run_dir, eval_env, callbacks=callbacks, kind="transfer", progress_bar=progress_bar,
             metadata=metadata, texts={"transfer/layers": table}, resume=resume, on_finish=frozen_outcome,
-            on_evaluation=on_evaluation,
+            on_evaluation=_announcing_zero_shot(on_evaluation) if verbose else on_evaluation,
         )  # fmt: skip
     finally:
         release_run_dir(run_dir)
     return TransferResult(
         **vars(result), mapping=mapping, frozen_unchanged=outcome["frozen_unchanged"], chain=chain or []
     )
+
+
+def _announcing_zero_shot(then: OnEvaluation | None) -> OnEvaluation:
+    """Print the step-0 evaluation (the source's weights before any fine-tuning), then pass each curve on."""
+
+    def listen(curve: list[dict[str, float]]) -> str | None:
+        if len(curve) == 1:
+            print(f"Zero-shot return (before fine-tuning): {curve[0]['mean_return']:.1f}", flush=True)
+        return then(curve) if then is not None else None
+
+    return listen
 
 
 def _check_same_source(run_dir: Path, path: Path, source_digest: str) -> None:

@@ -92,12 +92,29 @@ def make_executor(config: StudyConfig, workers: int | None = None) -> Executor:
 
 @dataclass
 class _Progress:
-    """Collects the records the executor hands back and prints a line for each."""
+    """Collects the records the executor hands back; with `show`, a progress bar over the runs (done/total,
+    elapsed, ETA) and a line for each run as it ends."""
 
     results: dict[str, dict[str, Any]]
     total: int
     show: bool
     stopped: list[int] = field(default_factory=list)
+    bar: Any = None
+
+    def start(self) -> None:
+        # a bar only on a terminal: in a log file its redraws would bury the per-run lines
+        if self.show and sys.stdout.isatty() and self.total > len(self.results):
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=self.total, initial=len(self.results), desc="runs", unit="run", dynamic_ncols=True,
+                file=sys.stdout, bar_format="{desc} {n_fmt}/{total_fmt} |{bar}| {elapsed} elapsed, {remaining} left",
+            )  # fmt: skip
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def __call__(self, spec: RunSpec, record: dict[str, Any]) -> None:
         if record["status"] == "interrupted":
@@ -110,14 +127,21 @@ class _Progress:
             line = f"final return {record['curve'][-1][1]:.1f}, best {record['best_mean_return']:.1f}"
         else:
             line = f"FAILED: {record['error']}"
-        print(
-            f"[{len(self.results)}/{self.total}] {spec.key}: {line} ({record['seconds']:.0f} s)", flush=True
-        )
+        text = f"[{len(self.results)}/{self.total}] {spec.key}: {line} ({record['seconds']:.0f} s)"
+        if self.bar is None:
+            print(text, flush=True)
+            return
+        self.bar.write(text, file=sys.stdout)
+        self.bar.update(1)
 
 
 def _execute(executor: Executor, pending: list[RunSpec], progress: _Progress, study_dir: Path) -> None:
-    with stop_on_signals(resume=(study_dir, "study")):
-        signum = executor.run(pending, progress) if pending else None
+    progress.start()
+    try:
+        with stop_on_signals(resume=(study_dir, "study")):
+            signum = executor.run(pending, progress) if pending else None
+    finally:
+        progress.close()
     signum = signum if signum is not None else (progress.stopped[0] if progress.stopped else None)
     if signum is not None:
         finished = sum(1 for record in progress.results.values() if record["status"] == "finished")
