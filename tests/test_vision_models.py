@@ -161,3 +161,43 @@ def test_unknown_registry_weight_names_list_the_real_ones() -> None:
         ConfigError, match=r"`IMAGENET1K_V9` is not a file.*did you mean `IMAGENET1K_V1`.*DEFAULT"
     ):
         build_classifier(spec, "IMAGENET1K_V9")
+
+
+@pytest.mark.parametrize(("arch", "head"), [("timm/test_vit", "head"), ("timm/test_resnet", "fc")])
+def test_timm_models_get_their_head_through_timms_classifier_api(arch: str, head: str) -> None:
+    """Random weights, no download: timm builds the model (grey input through its own `in_chans`), its
+    reset_classifier makes the new head, and freezing the trunk leaves only that head training."""
+    pytest.importorskip("timm", reason="the timm extra is part of the test install (see README)")
+    from rltransfer import freeze
+
+    torch.manual_seed(0)
+    spec = ModelSpec(
+        arch=arch, num_classes=4, classes=list("abcd"), in_channels=1, image_size=32, dropout=0.2
+    )
+    model = build_classifier(spec)
+    assert spec.head == head and isinstance(model.get_submodule(head), DropoutHead)
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 4)
+    freeze(model, "*")
+    set_classes(model, 3, 0.0)  # a new head after everything was frozen: it trains (PyTorch's convention)
+    assert model.get_classifier() is model.get_submodule(head) and model.get_classifier().out_features == 3
+    assert frozen_layers(model) and all(p.requires_grad for p in model.get_classifier().parameters())
+    trainable, _ = count_parameters(model)
+    assert trainable == sum(p.numel() for p in model.get_classifier().parameters())
+
+
+def test_timm_weights_load_by_timms_names_and_an_offline_registry_fails_cleanly(
+    tmp_path: Path, monkeypatch
+) -> None:
+    timm = pytest.importorskip("timm", reason="the timm extra is part of the test install (see README)")
+    torch.manual_seed(1)
+    source = timm.create_model("test_resnet", pretrained=False, in_chans=1)
+    torch.save(source.state_dict(), tmp_path / "resnet.pt")
+    spec = ModelSpec(arch="timm/test_resnet", num_classes=2, classes=["a", "b"], in_channels=1, image_size=32)
+    model = build_classifier(spec, weights=str(tmp_path / "resnet.pt"))
+    trunk = [k for k in source.state_dict() if not k.startswith("fc.")]
+    assert all(torch.equal(model.state_dict()[k], source.state_dict()[k]) for k in trunk)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no Hub from the tests: the registry path must fail in words
+    with pytest.raises(TransferError, match="Could not fetch timm's test_resnet weights `in1k`"):
+        build_classifier(spec, weights="in1k")
+    with pytest.raises(ConfigError, match="timm has no model `test_resnett`"):
+        build_architecture("timm/test_resnett")

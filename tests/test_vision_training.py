@@ -492,3 +492,36 @@ def test_a_transfer_with_nothing_to_transfer_says_so(tmp_path: Path) -> None:
     report = (result.run_dir / "report.md").read_text()
     assert "Nothing was transferred" in report and "between two random starts" in report
     assert result.scratch is not None  # the baseline still ran: the numbers are there, the claim is not
+
+
+@pytest.mark.slow
+def test_a_timm_model_runs_the_same_stages_cache_report_and_predict(tmp_path: Path) -> None:
+    """Random weights, digits data: source, head stage on cached trunk features, fine-tuning, scratch baseline,
+    and the saved model read back for predict, all through timm's own head API."""
+    pytest.importorskip("timm", reason="the timm extra is part of the test install (see README)")
+    from rltransfer.vision import load_classifier
+
+    data = {"image_size": 32, "channels": 1, "normalize": "none"}
+    config = {
+        "name": "timm-digits",
+        "device": "cpu",
+        "log_root": str(tmp_path / "runs"),
+        "model": {"arch": "timm/test_resnet", "dropout": 0.2},
+        "source": {
+            "data": {"digits": {"classes": [0, 1, 2]}, "batch_size": 64, **data},
+            "stages": [{"name": "source", "train": ["*"], "epochs": 1, "lr": 0.003}],
+        },
+        "data": {"digits": {"classes": [5, 6, 7], "per_class": 10}, "batch_size": 16, **data},
+        "stages": [
+            {"name": "head", "train": ["head"], "epochs": 2, "lr": 0.003},
+            {"name": "all", "train": ["*"], "epochs": 1, "lr": 0.001},
+        ],
+        "baseline": {"stages": [{"name": "scratch", "train": ["*"], "epochs": 1, "lr": 0.003}]},
+        "cache": "memory",
+    }
+    result = run_image(config, progress=False, log=lambda *_: None)
+    report = (result.run_dir / "report.md").read_text()
+    assert "Architecture `timm/test_resnet`" in report and "head: 2/2" in report and "cached" in report
+    model, spec = load_classifier(result.transfer.model_dir)
+    assert spec.arch == "timm/test_resnet" and spec.head == "fc"
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 3)

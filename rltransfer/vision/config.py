@@ -14,7 +14,9 @@ class ModelConfig(Section):
     """The network: an architecture, optional starting weights, dropout before the new head."""
 
     arch: str = "small_cnn"
-    """``small_cnn`` (built in) or a torchvision classification model: resnet18, mobilenet_v3_small, vit_b_16..."""
+    """``small_cnn`` (built in), a torchvision classification model (resnet18, mobilenet_v3_small, vit_b_16...) or
+    a timm model as ``timm/<name>`` (``pip install "rltransfer[timm]"``; its head through timm's own
+    ``reset_classifier``)."""
     weights: str | None = None
     """Starting weights: an rltransfer image run (or its model/ folder), a ``.pt``/``.pth`` state dict, or a
     torchvision weight name such as ``DEFAULT`` (downloaded once, needs internet); null: random."""

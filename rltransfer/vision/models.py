@@ -1,5 +1,6 @@
-"""Image classifiers for transfer: torchvision architectures by name, a small built-in CNN, weights from a file or
-torchvision's registry, and a head (plus auxiliary heads) replaced for the target's classes."""
+"""Image classifiers for transfer: torchvision architectures by name, timm's (``timm/<name>``), a small built-in
+CNN, weights from a file or the libraries' registries, and a head (plus auxiliary heads) replaced for the
+target's classes."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from rltransfer.core.errors import ConfigError, TransferError, did_you_mean, sho
 from rltransfer.core.heads import find_head, replace_head
 
 SMALL_CNN = "small_cnn"
+TIMM = "timm/"  # model.arch prefix of a timm model, built with timm.create_model
 CUSTOM = "custom:"  # spec.arch prefix of a model trained from the user's own nn.Module
 # architectures tested with every head layout they have; other torchvision classification models whose output
 # layer is a Linear work too (squeezenet's is a convolution: use your own module or replace_head by name)
@@ -95,6 +97,35 @@ class ModelSpec:
     aux_heads: list[str] = field(default_factory=list)
 
 
+def require_timm() -> Any:
+    """Import timm, or explain which extra installs it."""
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError(
+            "`model.arch: timm/...` needs timm, which is not installed: pip install 'rltransfer[timm]' "
+            "(or pip install timm)."
+        ) from None
+    return timm
+
+
+def is_timm(model: nn.Module) -> bool:
+    """A timm model: its classifier is reached through timm's own get_classifier / reset_classifier."""
+    return type(model).__module__.startswith("timm.") and hasattr(model, "reset_classifier")
+
+
+def _build_timm(arch: str, in_channels: int) -> nn.Module:
+    timm = require_timm()
+    name = arch[len(TIMM) :]
+    names = timm.list_models()
+    if name not in names:
+        raise ConfigError(
+            f"`model.arch`: timm has no model `{name}`{did_you_mean(name, names)}. List them with "
+            "`python -c \"import timm; print(timm.list_models())\"`."
+        )
+    return timm.create_model(name, pretrained=False, in_chans=in_channels)
+
+
 def list_architectures() -> list[str]:
     """Names ``model.arch`` accepts: the built-in small CNN and torchvision's classification models."""
     torchvision = require_torchvision()
@@ -105,12 +136,14 @@ def build_architecture(arch: str, in_channels: int = 3) -> nn.Module:
     """A randomly initialised network of the named architecture with its original head (1000 ImageNet classes)."""
     if arch == SMALL_CNN:
         return SmallConvNet(in_channels=in_channels)
+    if arch.startswith(TIMM):
+        return _build_timm(arch, in_channels)  # timm adapts its first layer to `in_chans` itself
     torchvision = require_torchvision()
     names = torchvision.models.list_models(module=torchvision.models)
     if arch not in names:
         raise ConfigError(
             f"`model.arch`: unknown architecture `{arch}`{did_you_mean(arch, names + [SMALL_CNN])}. Use "
-            f"{SMALL_CNN} or a torchvision classification model: {short_list(names, 25)}."
+            f"{SMALL_CNN}, a torchvision classification model ({short_list(names, 25)}) or timm/<name>."
         )
     if in_channels != 3:
         raise ConfigError(
@@ -185,6 +218,8 @@ def read_state_dict(path: Path, arch: str | None = None) -> dict[str, torch.Tens
 
 
 def _registry_state(arch: str, weights: str) -> dict[str, torch.Tensor]:
+    if arch.startswith(TIMM):
+        return _timm_state(arch, weights)
     if arch == SMALL_CNN:
         raise ConfigError(
             f"`model.weights`: {weights} is neither a file nor a run directory (the small CNN has no published "
@@ -205,6 +240,23 @@ def _registry_state(arch: str, weights: str) -> dict[str, torch.Tensor]:
             f"Could not fetch torchvision's {arch} weights {weights}: {error}. They download once into "
             "torch's cache; without internet, copy the .pth file here and give its path in `model.weights`."
         ) from None
+
+
+def _timm_state(arch: str, weights: str) -> dict[str, torch.Tensor]:
+    """timm's published weights: ``pretrained`` (the model's default tag) or a tag such as ``in1k``; downloaded
+    by timm from the Hugging Face Hub into its cache (so they need internet the first time)."""
+    timm = require_timm()
+    name = arch[len(TIMM) :]
+    tag = "" if weights in ("pretrained", "DEFAULT") else weights
+    try:
+        model = timm.create_model(f"{name}.{tag}" if tag else name, pretrained=True)
+    except Exception as error:  # no internet, unknown tag, a hub error
+        raise TransferError(
+            f"Could not fetch timm's {name} weights `{weights}`: {str(error).splitlines()[0]}. They download once "
+            "into the Hugging Face cache; without internet, save the state dict to a .pt file and give its path "
+            "in `model.weights`."
+        ) from None
+    return model.state_dict()
 
 
 def _compare(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
@@ -229,15 +281,32 @@ def set_classes(
     main head becomes ``Sequential(dropout, linear)`` under the same name. Checks the output with a dummy forward
     in both modes when ``example_input`` is given. Returns (head name, auxiliary head names)."""
     _unwrap_dropout_heads(model)
-    head, aux = head_names(model)
-    for name in aux:
-        replace_head(model, num_classes, name=name)
-    linear = replace_head(model, num_classes, name=head)
+    if is_timm(model):
+        head, aux, linear = _reset_timm_classifier(model, num_classes)
+    else:
+        head, aux = head_names(model)
+        for name in aux:
+            replace_head(model, num_classes, name=name)
+        linear = replace_head(model, num_classes, name=head)
     if dropout > 0:
         _set_module(model, head, DropoutHead(dropout, linear))
     if example_input is not None:
         check_outputs(model, num_classes, example_input, aux)
     return head, aux
+
+
+def _reset_timm_classifier(model: nn.Module, num_classes: int) -> tuple[str, list[str], nn.Linear]:
+    """timm's own head API: ``reset_classifier`` builds the new head (keeping the model's pooling), whose name is
+    where ``get_classifier`` finds it."""
+    model.reset_classifier(num_classes)
+    classifier = model.get_classifier()
+    name = next((n for n, module in model.named_modules() if module is classifier), None)
+    if not isinstance(classifier, nn.Linear) or not name:
+        raise TransferError(
+            f"timm's {type(model).__name__} has a {type(classifier).__name__} classifier, not a Linear layer: "
+            "rltransfer cannot put a new head there. Use your own module (run_image(model=...))."
+        )
+    return name, [], classifier
 
 
 class DropoutHead(nn.Sequential):
@@ -261,8 +330,11 @@ def _unwrap_dropout_heads(model: nn.Module) -> None:
 
 
 def check_outputs(model: nn.Module, num_classes: int, example: torch.Tensor, aux: list[str]) -> None:
-    """Dummy forward in eval and training mode: every output (auxiliary ones included) must have `num_classes`."""
+    """Dummy forward in eval and training mode: every output (auxiliary ones included) must have `num_classes`.
+    The model's buffers are put back afterwards: a training-mode forward would move BatchNorm's running
+    statistics of a pretrained trunk toward the dummy input's."""
     was_training = model.training
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
     try:
         for mode in (False, True):
             model.train(mode)
@@ -284,6 +356,10 @@ def check_outputs(model: nn.Module, num_classes: int, example: torch.Tensor, aux
                 )
     finally:
         model.train(was_training)
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                if name in buffers:
+                    buffer.copy_(buffers[name])
 
 
 def split_outputs(outputs: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
