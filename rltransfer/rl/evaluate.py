@@ -22,6 +22,7 @@ from rltransfer.core.errors import ConfigError, TransferError
 from rltransfer.envs.base import family_of
 from rltransfer.rl.config import EnvConfig
 from rltransfer.rl.environment import check_env, check_env_id
+from rltransfer.rl.normalization import apply_scaling, scaling_for
 from rltransfer.rl.sources import load_source, source_agent_config
 
 OFF_POLICY = ("dqn", "sac", "td3")
@@ -76,6 +77,7 @@ def evaluate(
     source = load_source(agent, trust=trust)
     env_config = _env_of(source.path, env)
     vec_env = _make_env(env_config, seed, video_dir, episodes)
+    vec_env = apply_scaling(vec_env, scaling_for(vec_env, source.scaling, env_config.id))
     agent_config = source_agent_config(source)
     if (
         agent_config.algo in OFF_POLICY

@@ -23,6 +23,8 @@ from rltransfer.agents.config import AgentConfig, PolicyConfig, parse_agent
 from rltransfer.core.config import load_yaml
 from rltransfer.core.errors import TransferError, short_list
 from rltransfer.core.record import RECORD, RunRecord
+from rltransfer.rl.hub import fetch, is_hub
+from rltransfer.rl.normalization import VEC_NORMALIZE, ObservationScaling, read_scaling
 
 
 @dataclass
@@ -34,6 +36,8 @@ class SourceAgent:
     agent: AgentConfig | None = None
     algo: str | None = None
     activation: str | None = None
+    scaling: ObservationScaling | None = None
+    """The observation statistics of the VecNormalize it was trained under (a vec_normalize.pkl beside it)."""
 
 
 def load_source(source: str | Path, trust: bool = False) -> SourceAgent:
@@ -43,6 +47,8 @@ def load_source(source: str | Path, trust: bool = False) -> SourceAgent:
     architecture comes from the weights' shapes and SB3's readable JSON. ``trust=True`` (``trust_source: true``)
     uses SB3's full loader instead, which runs the pickled objects in the file: only for files you trust, e.g. a
     source with custom policy classes the readable data cannot describe."""
+    if is_hub(source):
+        source = fetch(str(source))
     path = Path(source)
     if not path.exists() and path.with_name(path.name + ".zip").exists():
         path = path.with_name(path.name + ".zip")
@@ -70,8 +76,14 @@ def load_source(source: str | Path, trust: bool = False) -> SourceAgent:
             # a transfer run that took its own source's agent records it in run.json
             agent = parse_agent(resolved, str(path.parent / "run.json"))
     algo = agent.algo if agent else _algo_from_data(data)
+    beside = path.parent / VEC_NORMALIZE  # SB3's VecNormalize.save, as the zoo and the Hub keep it
     return SourceAgent(
-        path=path, state_dict=state_dict, agent=agent, algo=algo, activation=_activation_from_data(data)
+        path=path,
+        state_dict=state_dict,
+        agent=agent,
+        algo=algo,
+        activation=_activation_from_data(data),
+        scaling=read_scaling(beside) if beside.is_file() else None,
     )
 
 

@@ -20,7 +20,7 @@ from rltransfer.core.config import coerce_config, dump_config
 from rltransfer.core.device import resolve_device
 from rltransfer.core.errors import ConfigError, LayerSelectionError, TransferError, short_list
 from rltransfer.core.interrupt import Interrupted, stop_on_signals
-from rltransfer.core.io import lock_run_dir, prepare_run_dir, release_run_dir, write_text
+from rltransfer.core.io import atomic_path, lock_run_dir, prepare_run_dir, release_run_dir, write_text
 from rltransfer.core.layers import select_layers
 from rltransfer.core.record import RunRecord
 from rltransfer.core.state import digest
@@ -29,6 +29,7 @@ from rltransfer.rl.chain import chain_stage_config, check_chain, stage_state, st
 from rltransfer.rl.config import TransferConfig
 from rltransfer.rl.environment import make_envs
 from rltransfer.rl.mapping import LayerMapping, covered, describe_weights, map_weights
+from rltransfer.rl.normalization import VEC_NORMALIZE, apply_scaling, scaling_for
 from rltransfer.rl.sources import SourceAgent, load_source, source_agent_config
 from rltransfer.rl.training import RunResult, resume_config, run_training
 
@@ -148,18 +149,25 @@ def _transfer_stage(
     agent = inherit_agent(source_agent_config(source), config.agent, "agent")
     config = config.model_copy(update={"agent": agent})  # config.yaml holds the agent built, for --resume
     train_env, eval_env = make_envs(config.env, config.seed)
+    scaling = scaling_for(train_env, source.scaling, config.env.id)
+    train_env, eval_env = apply_scaling(train_env, scaling), apply_scaling(eval_env, scaling)
     model = build_agent(agent, train_env, seed=config.seed, device=resolve_device(config.device))
     mapping = _map_and_freeze(model, source, agent, config, first)
     table = mapping.format()
     if verbose:
         print(f"Transfer from {source.path} to {config.env.id}:\n{table}", flush=True)
     run_dir = run_dir or prepare_run_dir(config.log_root, config.name)
+    if scaling is not None:  # beside the run's models, as SB3 keeps it: the run is a source with its scaling
+        with atomic_path(run_dir / VEC_NORMALIZE, suffix=".pkl") as tmp:
+            train_env.save(tmp)
     metadata: dict[str, Any] = {
         "algo": agent.algo,
         "agent": agent.model_dump(mode="json"),
         "source": str(source.path),
         "source_digest": source_digest,
         "mapping": mapping.as_dict(),
+        # the source's VecNormalize statistics, kept fixed on the target's observations (or dropped: shapes)
+        "observation_scaling": str(scaling.path) if scaling else ("dropped" if source.scaling else None),
     }
     if chain:
         metadata["chain"] = chain

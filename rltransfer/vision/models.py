@@ -121,7 +121,7 @@ def _build_timm(arch: str, in_channels: int) -> nn.Module:
     if name not in names:
         raise ConfigError(
             f"`model.arch`: timm has no model `{name}`{did_you_mean(name, names)}. List them with "
-            "`python -c \"import timm; print(timm.list_models())\"`."
+            '`python -c "import timm; print(timm.list_models())"`.'
         )
     return timm.create_model(name, pretrained=False, in_chans=in_channels)
 
