@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from stable_baselines3.common.env_util import make_vec_env
@@ -9,6 +11,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 
 from rltransfer.agents import ALGORITHMS, MaskedDropout, build_agent, dropout_layers
 from rltransfer.agents.config import AgentConfig
+from rltransfer.core.errors import ConfigError
 from rltransfer.core.optim import L1Penalty
 
 
@@ -170,3 +173,60 @@ def test_mask_bank_really_drops_units() -> None:
 
 def test_a2c_with_adam_keeps_sb3_eps() -> None:
     assert make_agent("a2c", optimizer={"name": "adam"}).policy.optimizer.defaults["eps"] == 1e-5
+
+
+def test_the_zoo_s_tuned_hyperparameters_become_the_agent(tmp_path) -> None:
+    """`agent: {zoo: true}`: rl-baselines3-zoo's settings for the game, with the user's keys on top; what the
+    zoo sets outside the agent is reported, not dropped in silence."""
+    import warnings
+
+    from rltransfer.core.config import load_config, parse_config
+    from rltransfer.rl.config import TrainConfig
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    # the shipped Acrobot source cites the zoo's DQN settings: the zoo table must give the same agent
+    shipped = load_config(configs / "acrobot" / "source.yaml", TrainConfig)
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always")
+        zoo = load_config(
+            configs / "acrobot" / "source.yaml", TrainConfig, {"agent": {"algo": "dqn", "zoo": True}}
+        )
+    assert zoo.agent == shipped.agent
+    assert any("n_timesteps 100000: set `budget` to match" in str(n.message) for n in notes)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = parse_config(
+            {
+                "name": "zoo-ppo", "log_root": str(tmp_path), "device": "cpu", "budget": 256,
+                "env": {"id": "rltransfer/CartPoleLongPole-v1", "n_envs": 2}, "eval": {"every": 128, "episodes": 1},
+                "agent": {"zoo": True, "hyperparams": {"n_epochs": 2}},
+            },
+            TrainConfig,
+        )  # fmt: skip
+    agent = config.agent
+    assert agent.optimizer.lr == 0.001 and agent.optimizer.schedule == "linear"  # the zoo's lin_0.001
+    assert agent.hyperparams["n_steps"] == 32 and agent.hyperparams["gae_lambda"] == 0.8
+    assert agent.hyperparams["n_epochs"] == 2  # the user's key wins
+    import rltransfer
+
+    model = rltransfer.train(config, progress_bar=False).load_best(device="cpu")
+    assert model.n_steps == 32 and model.gae_lambda == 0.8
+
+
+def test_a_game_the_zoo_does_not_cover_is_named_with_what_it_has() -> None:
+    from rltransfer.core.config import parse_config
+    from rltransfer.rl.config import TrainConfig
+
+    with pytest.raises(
+        ConfigError, match=r"rl-baselines3-zoo 2.9.2 has no TD3 hyperparameters for rltransfer/CartPole-v1"
+    ):
+        parse_config(
+            {
+                "name": "x",
+                "budget": 10,
+                "env": {"id": "rltransfer/CartPole-v1"},
+                "agent": {"algo": "td3", "zoo": True},
+            },
+            TrainConfig,
+        )

@@ -37,7 +37,7 @@ def test_wheel_top_level_names_and_contents(tmp_path: Path) -> None:
     assert {t for t in top_level if not t.endswith(".dist-info")} == {"rltransfer"}
     for folder in ("envs", "agents", "configs"):  # every source folder ships, mapped under rltransfer/
         for path in (REPO / folder).rglob("*"):
-            if path.suffix in (".py", ".yaml"):
+            if path.suffix in (".py", ".yaml", ".yml"):
                 assert f"rltransfer/{path.relative_to(REPO).as_posix()}" in names, path
     for path in (REPO / "rltransfer").rglob("*.py"):  # subpackages such as rltransfer/vision ship too
         assert path.relative_to(REPO).as_posix() in names, path

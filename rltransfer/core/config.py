@@ -164,6 +164,8 @@ MOVED = {
     "`threshold`)",
     "eval.threshold": "a study's (or tuning's) return threshold is the top-level `threshold`, used for time to "
     "threshold; `eval.threshold` is for train and transfer configs, where it stops training",
+    "agent.zoo": "rl-baselines3-zoo's settings are per game: put `agent: {zoo: true}` in the source's train "
+    "config (or a transfer config), where the game is known",
     "eval.patience": "the runs of a study or tuning never stop early (every run gets the same budget); "
     "`eval.patience` is for train and transfer configs",
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rltransfer.agents.config import AgentConfig
 from rltransfer.core.config import NAME_PATTERN, Section, check_device
@@ -79,6 +79,24 @@ class RunConfig(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
     _known_device = field_validator("device")(check_device)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _zoo_agent(cls, data: Any) -> Any:
+        """``agent: {zoo: true}``: rl-baselines3-zoo's tuned settings for this game (``zoo: NAME`` for another
+        entry of the zoo), with the agent keys written beside it on top."""
+        agent = data.get("agent") if isinstance(data, dict) else None
+        env = data.get("env") if isinstance(data, dict) else None
+        if (
+            isinstance(agent, dict)
+            and "zoo" in agent
+            and isinstance(env, dict)
+            and isinstance(env.get("id"), str)
+        ):
+            from rltransfer.agents.zoo import with_zoo
+
+            data = {**data, "agent": with_zoo(agent, env["id"], "agent.zoo")}
+        return data
 
     def check(self, origin: str) -> None:
         check_budget(self.budget, self.eval.every, origin)
