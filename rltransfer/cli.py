@@ -352,12 +352,12 @@ def _layers(args: argparse.Namespace) -> int:
     from rltransfer.rl.sources import load_source
 
     source = load_source(args.agent)
+    from rltransfer.study.report import text_table
+
     rows = [("tensor", "shape", "parameters")]
     for key, tensor in source.state_dict.items():
         rows.append((key, str(list(tensor.shape)), f"{tensor.numel():,}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(text_table(rows))
     algo = source.algo or "unknown"
     print(f"{source.path}: algorithm {algo}; layer names are the tensor names without .weight/.bias")
     return 0

@@ -114,3 +114,20 @@ def test_a_higher_asymptote_without_reaching_the_threshold_is_a_verdict_of_its_o
     assert (
         rows[1][0] == "chain" and rows[1][-1] == "higher asymptote than scratch, larger area under the curve"
     )
+
+
+def test_terminal_tables_fit_100_columns_and_lose_no_word() -> None:
+    from rltransfer.study.report import text_table
+
+    rows = [
+        ["strategy", "jumpstart", "asymptotic gain", "transfer ratio", "time to threshold", "speed-up", "stable"],
+        ["scratch (baseline)", "-", "asymptote 500.0 [500.0, 500.0]", "-", "17,500 [15,000, 20,000]", "1", "1"],
+        ["tuned-transfer", "-52.8 [-88.9, 1.2]", "0.0 [0.0, 0.0]", "-0.05 [-0.20, 0.00]", "20,000 (2/2 never)", "0.88", "0.75"],
+    ]  # fmt: skip
+    text = text_table(rows, "LongPole (threshold 475; median [interval covering it with >= 95% probability])")
+    assert max(len(line) for line in text.splitlines()) <= 100
+    words = text.split()
+    for row in rows:
+        for cell in row:
+            assert all(word in words for word in cell.split()), cell  # wrapped at spaces, never cut
+    assert "[interval" in text  # brackets are text, not rich markup
