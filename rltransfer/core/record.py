@@ -10,12 +10,14 @@ training ended), ``evaluations.json`` (the evaluation curve), ``checkpoint/`` wh
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rltransfer.core.errors import ConfigError
-from rltransfer.core.io import write_json
+from rltransfer.core.io import LOCK, write_json
 
 RECORD = "run.json"
 CONFIG = "config.yaml"
@@ -84,6 +86,13 @@ class RunRecord:
         try:
             data = json.loads((run_dir / RECORD).read_text(encoding="utf-8"))
         except OSError:
+            if run_dir.is_dir() and not any(
+                p.name not in (".lock", "config.yaml") for p in run_dir.iterdir()
+            ):
+                raise ConfigError(
+                    f"{run_dir} holds no {RECORD}: the run was stopped before it began, so there is nothing to "
+                    "resume. Start it again with its config (this folder is moved aside)."
+                ) from None
             raise ConfigError(
                 f"{run_dir} is not an rltransfer run directory (no {RECORD}). Give the run's folder."
             ) from None
@@ -98,3 +107,21 @@ class RunRecord:
         if data.get("status") == "finished":
             raise ConfigError(f"{run_dir} already finished; there is nothing to resume.")
         return cls(run_dir, data)
+
+
+def restart_if_never_checkpointed(run_dir: Path) -> bool:
+    """A run resumed before it saved its first checkpoint has nothing to continue from: empty its directory
+    (its config stays) so it starts again from step 0, and say so. True when it restarts."""
+    record = RunRecord(run_dir)
+    if record.has_checkpoint():
+        return False
+    for path in run_dir.iterdir():
+        if path.name in (LOCK, "config.yaml"):
+            continue
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    print(
+        f"{run_dir} stopped before its first checkpoint: starting it again from step 0 with its saved config.",
+        file=sys.stderr,
+        flush=True,
+    )
+    return True

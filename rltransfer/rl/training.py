@@ -40,7 +40,7 @@ from rltransfer.core.io import (
     write_text,
 )
 from rltransfer.core.layers import count_parameters
-from rltransfer.core.record import RunRecord
+from rltransfer.core.record import RunRecord, restart_if_never_checkpointed
 from rltransfer.rl.callbacks import (
     Checkpointing,
     EvaluateAndKeepBest,
@@ -107,6 +107,8 @@ def train(
     train_env, eval_env = make_envs(config.env, config.seed)
     model = build_agent(config.agent, train_env, seed=config.seed, device=resolve_device(config.device))
     run_dir = Path(resume) if resume is not None else prepare_run_dir(config.log_root, config.name)
+    if resume is not None and restart_if_never_checkpointed(run_dir):
+        resume = None
     try:
         return run_training(
             model,

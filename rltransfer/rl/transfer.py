@@ -22,7 +22,7 @@ from rltransfer.core.errors import ConfigError, LayerSelectionError, TransferErr
 from rltransfer.core.interrupt import Interrupted, stop_on_signals
 from rltransfer.core.io import atomic_path, lock_run_dir, prepare_run_dir, release_run_dir, write_text
 from rltransfer.core.layers import select_layers
-from rltransfer.core.record import RunRecord
+from rltransfer.core.record import RunRecord, restart_if_never_checkpointed
 from rltransfer.core.state import digest
 from rltransfer.rl.callbacks import OnEvaluation, UnfreezeAt
 from rltransfer.rl.chain import chain_stage_config, check_chain, stage_state, stage_summary
@@ -71,7 +71,8 @@ def transfer(
     run_dir = Path(resume) if resume is not None else None
     if not config.chain:  # the run directory is created once the source, mapping and freezing are known good
         return _transfer_stage(
-            config, run_dir, config.source, config.trust_source, first=True, resume=resume is not None,
+            config, run_dir, config.source, config.trust_source, first=True,
+            resume=resume is not None and not restart_if_never_checkpointed(Path(resume)),
             progress_bar=progress_bar, verbose=verbose, on_evaluation=on_evaluation,
         )  # fmt: skip
     # a missing or unreadable source fails before the chain's run directory exists
