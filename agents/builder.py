@@ -47,7 +47,7 @@ def optimizer_settings(agent: AgentConfig) -> tuple[type, dict[str, Any]]:
     kwargs: dict[str, Any] = dict(spec.default_optimizer_kwargs) if name == spec.default_optimizer else {}
     if name == "adam" and agent.algo in ("ppo", "a2c"):
         kwargs.setdefault("eps", 1e-5)  # SB3's ActorCriticPolicy default for Adam
-    if settings.weight_decay:
+    if settings.weight_decay and settings.decay_to == "zero":  # toward the source: SourcePenalty applies it
         kwargs["weight_decay"] = settings.weight_decay
     if settings.eps is not None:
         if name == "sgd":

@@ -58,7 +58,10 @@ class OptimizerConfig(Section):
     schedule: Literal["constant", "linear"] = "constant"
     """``linear`` decays the learning rate to 0 over the budget."""
     weight_decay: float = Field(0.0, ge=0.0)
-    """L2 penalty (decoupled for AdamW)."""
+    """L2 penalty (decoupled for AdamW); with ``decay_to: source``, the L2-SP strength."""
+    decay_to: Literal["zero", "source"] = "zero"
+    """Transfers: ``source`` pulls the copied weights toward the source's values instead of toward zero (L2-SP:
+    ``weight_decay/2 * ||w - w_source||^2``; new layers keep plain L2 of the same strength)."""
     l1: float = Field(0.0, ge=0.0)
     """L1 penalty on weight matrices."""
     eps: float | None = Field(None, gt=0.0)

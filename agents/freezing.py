@@ -15,7 +15,13 @@ from torch import nn
 from rltransfer.core.errors import ConfigError
 from rltransfer.core.io import atomic_path
 from rltransfer.core.layers import freeze_modules, layer_names, select_layers, unfreeze_modules
-from rltransfer.core.optim import build_optimizer, l1_strength, trainable_parameters
+from rltransfer.core.optim import (
+    SourcePenalty,
+    build_optimizer,
+    l1_strength,
+    source_penalty,
+    trainable_parameters,
+)
 
 # (prefix of a layer, prefix of another copy of it that must be frozen with it)
 COPIES: tuple[tuple[str, str], ...] = (
@@ -90,6 +96,9 @@ def rebuild_optimizers(model: BaseAlgorithm, l1: float | None = None, keep_state
                 f"with its own optimizer: leave at least one {slot.label} layer trainable."
             )
         new = build_optimizer(trainable, policy.optimizer_class, lr, l1=strength, **policy.optimizer_kwargs)
+        penalty = source_penalty(old)
+        if penalty is not None:  # L2-SP's anchors stay the source's weights across freezing and unfreezing
+            new.register_step_pre_hook(penalty)
         if keep_state:
             for param, state in old.state.items():
                 if param.requires_grad:
@@ -223,3 +232,20 @@ def save_model(model: BaseAlgorithm, path: str | Path) -> Path:
     with atomic_path(path, suffix=".zip") as tmp, loadable_optimizers(model):
         model.save(tmp)
     return path
+
+
+def decay_toward_source(model: BaseAlgorithm, copied: Iterable[str], strength: float) -> int:
+    """L2-SP on an agent whose `copied` layers hold the source's weights now: every optimizer pulls them back
+    toward these values (and new layers toward zero) with `strength`. Returns how many tensors are anchored."""
+    modules = dict(model.policy.named_modules())
+    own = dict(model.policy.named_parameters())  # parameters the policy holds itself (log_std)
+    anchors = []
+    for name in layer_copies(model.policy, list(copied)):
+        if name in modules:
+            anchors += [(param, param.detach()) for param in modules[name].parameters(recurse=False)]
+        elif name in own:
+            anchors.append((own[name], own[name].detach()))
+    penalty = SourcePenalty(anchors, alpha=strength, beta=strength)
+    for slot in optimizer_slots(model):
+        getattr(slot.owner, slot.attribute).register_step_pre_hook(penalty)
+    return len(anchors)

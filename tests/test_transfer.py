@@ -371,3 +371,60 @@ def test_another_algorithm_keeps_only_the_source_network() -> None:
     agent = inherit_agent(source, given)
     assert agent.algo == "a2c" and agent.policy.hidden == [16, 16] and agent.hyperparams == {}
     assert agent.optimizer.lr == 0.001
+
+
+def test_l2sp_pulls_copied_weights_toward_the_source_and_is_exactly_zero_there(
+    tiny_source, tiny_transfer
+) -> None:
+    """`optimizer.decay_to: source` (L2-SP): at the source's weights the penalty adds nothing to any gradient,
+    bit for bit; away from them it adds weight_decay * (w - w_source); a new head gets plain L2; frozen layers
+    stay out of every optimizer; the penalty survives the optimizer rebuilt when layers unfreeze."""
+    from rltransfer.agents.freezing import decay_toward_source, unfreeze_agent
+    from rltransfer.core.optim import source_penalty
+
+    source = load_source(tiny_source)
+    agent = AgentConfig(
+        **{**source.agent.model_dump(), "optimizer": {"decay_to": "source", "weight_decay": 0.5}}
+    )
+    env = make_vec_env("rltransfer/CartPole-v1", n_envs=1, seed=0)
+    model = build_agent(agent, env, seed=0, device="cpu")
+    mapping = map_weights(source.state_dict, model.policy, reinit=["action_net"])
+    frozen = freeze_agent(model, ["mlp_extractor.policy_net.0"])
+    assert decay_toward_source(model, list(mapping.copied), 0.5) > 0
+    optimizer = model.policy.optimizer
+    assert all(group["weight_decay"] == 0 for group in optimizer.param_groups)  # the penalty replaces it
+    params = dict(model.policy.named_parameters())
+    for param in params.values():
+        param.grad = torch.ones_like(param)
+    source_penalty(optimizer)(optimizer, (), {})
+    copied = params["mlp_extractor.value_net.0.weight"]
+    assert torch.equal(copied.grad, torch.ones_like(copied))  # exactly zero at the source's weights
+    head = params["action_net.weight"]  # re-initialised: plain L2 toward zero
+    assert torch.allclose(head.grad, 1 + 0.5 * head.detach())
+    assert all(
+        p is not params["mlp_extractor.policy_net.0.weight"]
+        for g in optimizer.param_groups
+        for p in g["params"]
+    )
+    with torch.no_grad():
+        copied.add_(0.25)
+    copied.grad = torch.zeros_like(copied)
+    source_penalty(optimizer)(optimizer, (), {})
+    assert torch.allclose(copied.grad, torch.full_like(copied, 0.125))  # 0.5 * (w - w_source)
+    unfreeze_agent(model, frozen)
+    assert source_penalty(model.policy.optimizer) is source_penalty(optimizer)
+
+
+def test_l2sp_in_a_transfer_run_and_refused_without_a_source(tiny_source, tiny_transfer) -> None:
+    tiny_transfer.update(
+        source=str(tiny_source), agent={"optimizer": {"decay_to": "source", "weight_decay": 0.01}}
+    )
+    result = rltransfer.transfer(tiny_transfer, progress_bar=False, verbose=False)
+    saved = rltransfer.load_config(result.run_dir / "config.yaml", rltransfer.TransferConfig)
+    assert saved.agent.optimizer.decay_to == "source" and result.timesteps >= 512
+    with pytest.raises(rltransfer.ConfigError, match="`rltransfer train` has no source"):
+        rltransfer.load_config(
+            Path(__file__).resolve().parents[1] / "configs" / "cartpole" / "source.yaml",
+            rltransfer.TrainConfig,
+            {"agent.optimizer.decay_to": "source"},
+        )

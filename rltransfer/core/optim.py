@@ -1,4 +1,4 @@
-"""Optimizers over trainable parameters only, and an L1 penalty."""
+"""Optimizers over trainable parameters only, an L1 penalty, and L2-SP (weight decay toward the source)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,42 @@ class L1Penalty:
                 for param in group["params"]:
                     if param.grad is not None and param.dim() > 1:
                         param.grad.add_(torch.sign(param), alpha=self.strength)
+
+
+class SourcePenalty:
+    """Optimizer step pre-hook for L2-SP (Li, Grandvalet and Davoine, ICML 2018): weight decay toward the
+    source's weights instead of toward zero.
+
+    Adds ``alpha * (w - w_source)`` to the gradient of every parameter that has a source value (the gradient of
+    ``alpha/2 * ||w - w_source||^2``: exactly zero at the source weights), and ``beta * w`` to the weight matrices
+    of the others (new layers: plain L2). Frozen parameters are in no optimizer, so they are never touched.
+    """
+
+    def __init__(
+        self, anchors: Iterable[tuple[nn.Parameter, torch.Tensor]], alpha: float, beta: float
+    ) -> None:
+        self.anchors = {id(param): anchor.detach().clone() for param, anchor in anchors}
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def __call__(self, optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    if param.grad is None:
+                        continue
+                    anchor = self.anchors.get(id(param))
+                    if anchor is not None:
+                        param.grad.add_(param - anchor.to(param.device), alpha=self.alpha)
+                    elif param.dim() > 1 and self.beta:
+                        param.grad.add_(param, alpha=self.beta)
+
+
+def source_penalty(optimizer: torch.optim.Optimizer) -> SourcePenalty | None:
+    """The L2-SP penalty attached to an optimizer (None when there is none)."""
+    for hook in optimizer._optimizer_step_pre_hooks.values():
+        if isinstance(hook, SourcePenalty):
+            return hook
+    return None
 
 
 def build_optimizer(

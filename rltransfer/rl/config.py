@@ -110,6 +110,11 @@ class TrainConfig(RunConfig):
     def check(self, origin: str) -> None:
         super().check(origin)
         self.agent.check(origin)
+        if self.agent.optimizer.decay_to == "source":
+            raise ConfigError(
+                f"{origin}: `agent.optimizer.decay_to: source` pulls weights toward a source's, but `rltransfer "
+                "train` has no source. Use it in a transfer config (or a study strategy's `agent`)."
+            )
 
 
 class ChainStage(Section):

@@ -15,7 +15,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 from rltransfer.agents.builder import build_agent
 from rltransfer.agents.config import AgentConfig, inherit_agent
-from rltransfer.agents.freezing import freeze_agent, is_target_copy, layer_copies
+from rltransfer.agents.freezing import decay_toward_source, freeze_agent, is_target_copy, layer_copies
 from rltransfer.core.config import coerce_config, dump_config
 from rltransfer.core.device import resolve_device
 from rltransfer.core.errors import ConfigError, LayerSelectionError, TransferError, short_list
@@ -154,6 +154,8 @@ def _transfer_stage(
     train_env, eval_env = apply_scaling(train_env, scaling), apply_scaling(eval_env, scaling)
     model = build_agent(agent, train_env, seed=config.seed, device=resolve_device(config.device))
     mapping = _map_and_freeze(model, source, agent, config, first)
+    if agent.optimizer.decay_to == "source":  # L2-SP: anchored at the weights just copied from the source
+        decay_toward_source(model, list(mapping.copied), agent.optimizer.weight_decay)
     table = mapping.format()
     if verbose:
         print(f"Transfer from {source.path} to {config.env.id}:\n{table}", flush=True)

@@ -137,6 +137,12 @@ class StudyConfig(Section):
         self.execution.check(origin)
         if self.agent is not None:
             self.agent.check(origin)
+            if self.agent.optimizer.decay_to == "source":
+                raise ConfigError(
+                    f"{origin}: `agent.optimizer.decay_to: source` in the study's agent would reach scratch, which "
+                    "has no source. Give it to a strategy: {name: l2sp, agent: {optimizer: {decay_to: source, "
+                    "weight_decay: 0.01}}}."
+                )
 
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
