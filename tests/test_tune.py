@@ -222,3 +222,16 @@ def test_a_tuning_killed_mid_trial_resumes_without_redoing_finished_trials(tune,
     assert trials[2].params == trials[1].params
     assert (tune_dir / "trials" / "transfer" / "trial0" / "result.json").read_text() == first
     assert (tune_dir / "tune.md").is_file() and (tune_dir / "best-transfer.yaml").is_file()
+
+
+def test_a_changed_search_is_not_mixed_with_the_stored_trials(tune, tmp_path: Path) -> None:
+    tune.update(trials=1, confirm_seeds=[0])
+    run_tune(tune)
+    tune["trials"] = 2  # searching on with the same settings is fine: only the new trial runs
+    run_tune(tune)
+    assert len(_trials(tmp_path / "runs" / "tiny-tune", "tiny-tune", "transfer")) == 2
+    tune["space"]["weight_decay"] = [0.0, 0.01]
+    with pytest.raises(
+        ConfigError, match="already holds trials of the tuning `tiny-tune` with other settings"
+    ):
+        run_tune(tune)

@@ -17,7 +17,7 @@ from typing import Any
 
 from rltransfer.agents.config import parse_agent
 from rltransfer.core.config import coerce_config, dump_config
-from rltransfer.core.errors import TransferError
+from rltransfer.core.errors import ConfigError, TransferError
 from rltransfer.core.interrupt import Interrupted, stop_on_signals
 from rltransfer.core.io import write_text
 from rltransfer.rl.config import EnvConfig
@@ -173,6 +173,7 @@ def _search(setup: TuneSetup, arm: str, executor: Executor) -> Arm:
         pruner=make_pruner(config.pruner.model_dump()),
         load_if_exists=True,
     )
+    _check_same_search(study, setup)
     _recover(study, setup.tune_dir / "trials" / arm)
     started = time.perf_counter()
     slots = int(getattr(executor, "slots", 1))
@@ -193,6 +194,26 @@ def _search(setup: TuneSetup, arm: str, executor: Executor) -> Arm:
             f"{setup.tune_dir / 'trials' / arm}. Widen the space or raise `trials`."
         )
     return Arm(arm, study, time.perf_counter() - started)
+
+
+SEARCH_KEYS = ("source", "target", "budget", "n_envs", "eval", "threshold", "agent", "trial_seeds", "sampler_seed",
+               "pruner", "space")  # fmt: skip
+"""What a trial's score depends on: stored trials are only reused while these stay the same (``trials`` may be
+raised to search on; where trials run and the confirmation seeds may change)."""
+
+
+def _check_same_search(study: Any, setup: TuneSetup) -> None:
+    data = setup.config.model_dump(mode="json")
+    fingerprint = config_fingerprint({key: data[key] for key in SEARCH_KEYS})
+    stored = study.user_attrs.get("search")
+    if stored is None:
+        study.set_user_attr("search", fingerprint)
+    elif stored != fingerprint:
+        raise ConfigError(
+            f"{setup.storage} already holds trials of the tuning `{setup.config.name}` with other settings "
+            f"(one of {', '.join(SEARCH_KEYS)} changed), so its scores would not compare. Give the new search "
+            "another `name` (or `storage`), or remove the old tuning directory."
+        )
 
 
 def _counted(study: Any) -> int:
