@@ -176,8 +176,15 @@ def test_a_changed_source_invalidates_stored_transfer_results(study, capsys) -> 
     study["source"]["seed"] = 5  # another source agent: every transfer run must run again, scratch need not
     capsys.readouterr()
     run_study(study, workers=1)
-    out = capsys.readouterr().out
-    assert "Source: training" in out and "Resuming: 2 of 6 runs already finished." in out
+    captured = capsys.readouterr()
+    assert "Source: training" in captured.out and "Resuming: 2 of 6 runs already finished." in captured.out
+    # the stale transfer runs were moved aside, not deleted: a re-run never destroys finished results
+    assert "4 finished runs in" in captured.err and "moved aside" in captured.err
+    runs = Path(study["log_root"]) / study["name"] / "runs"
+    aside = [p for p in runs.glob("*/finetune/seed*.*") if (p / "result.json").exists()]
+    assert len(aside) == 2 and all(
+        json.loads((p / "result.json").read_text())["status"] == "finished" for p in aside
+    )
 
 
 @pytest.mark.slow
@@ -215,6 +222,40 @@ def test_study_interrupted_by_signal_resumes_its_runs_from_checkpoints(study, tm
     for run in saved:  # the interrupted runs continued from their checkpoints rather than starting again
         record = json.loads((run / "run.json").read_text())
         assert record["status"] == "finished" and record["resumed_from"] > 0
+
+
+@pytest.mark.slow
+def test_a_study_killed_outright_resumes_its_runs_from_their_checkpoints(study, tmp_path: Path) -> None:
+    """SIGKILL to the study and its workers (a crash, the OOM killer): no run could mark itself interrupted, yet
+    the runs that saved a checkpoint continue from it on --resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    study.update(budget=6000, seeds=1, eval={"every": 500, "episodes": 2})
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(study))
+    study_dir = tmp_path / "runs" / "tiny-study"
+    cli = [sys.executable, "-m", "rltransfer.cli", "study"]
+    process = subprocess.Popen(
+        [*cli, str(config), "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not any(study_dir.glob("runs/*/*/*/checkpoint/state.json")):
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    saved = {p.parent.parent for p in study_dir.glob("runs/*/*/*/checkpoint/state.json")}
+    assert saved and not any((run / "interrupted.json").exists() for run in saved)
+    resumed = subprocess.run([*cli, "--resume", str(study_dir)], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    for run in saved:
+        record = json.loads((run / "run.json").read_text())
+        assert record["status"] == "finished" and record["resumed_from"] > 0, run
 
 
 @pytest.mark.slow

@@ -225,13 +225,17 @@ def test_a_tuning_killed_mid_trial_resumes_without_redoing_finished_trials(tune,
 
 
 def test_a_changed_search_is_not_mixed_with_the_stored_trials(tune, tmp_path: Path) -> None:
+    tune_dir = tmp_path / "runs" / "tiny-tune"
     tune.update(trials=1, confirm_seeds=[0])
     run_tune(tune)
     tune["trials"] = 2  # searching on with the same settings is fine: only the new trial runs
     run_tune(tune)
-    assert len(_trials(tmp_path / "runs" / "tiny-tune", "tiny-tune", "transfer")) == 2
+    assert len(_trials(tune_dir, "tiny-tune", "transfer")) == 2
+    saved = (tune_dir / TUNE_CONFIG).read_text()
     tune["space"]["weight_decay"] = [0.0, 0.01]
-    with pytest.raises(
-        ConfigError, match="already holds trials of the tuning `tiny-tune` with other settings"
-    ):
+    with pytest.raises(ConfigError, match="tuning `tiny-tune` already holds trials with other settings"):
         run_tune(tune)
+    tune["space"]["weight_decay"] = [0.0, 1e-4]
+    with pytest.raises(ConfigError, match="`storage` sqlite:////nonexistent"):
+        run_tune({**tune, "storage": "sqlite:////nonexistent/folder/x.db"})
+    assert (tune_dir / TUNE_CONFIG).read_text() == saved  # refused calls leave what --resume continues alone

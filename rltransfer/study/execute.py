@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from rltransfer.core.config import parse_config
-from rltransfer.core.errors import ConfigError
+from rltransfer.core.config import load_config, parse_config
+from rltransfer.core.errors import ConfigError, RLTransferError
 from rltransfer.core.interrupt import Interrupted
 from rltransfer.core.io import write_json
 from rltransfer.core.record import RunRecord
@@ -45,6 +45,14 @@ def finished_result(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:
     return result
 
 
+def finished_elsewise(run_dir: Path) -> bool:
+    """The run directory holds a finished run (of whatever settings): never deleted, only moved aside."""
+    try:
+        return json.loads((run_dir / RESULT).read_text(encoding="utf-8")).get("status") == "finished"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def execute_run(kind: str, config: dict[str, Any], run_dir: str, fingerprint: str) -> dict[str, Any]:
     """Run one study run (in a worker process) and store its result beside it; failures are returned, not raised.
 
@@ -63,9 +71,9 @@ def execute_run(kind: str, config: dict[str, Any], run_dir: str, fingerprint: st
     started = time.perf_counter()
     try:
         try:
-            result = _run(kind, parsed, path, resume=resumable(path, fingerprint))
+            result = _run(kind, parsed, path, resume=resumable(path, fingerprint, parsed))
         except ConfigError:
-            if not resumable(path, fingerprint):
+            if not resumable(path, fingerprint, parsed):
                 raise
             # the checkpoint cannot be used (damaged, or the run had in fact finished): start this run afresh
             result = _run(kind, parsed, path, resume=False)
@@ -103,7 +111,8 @@ def execute_run(kind: str, config: dict[str, Any], run_dir: str, fingerprint: st
 
 def _run(kind: str, config: TrainConfig | TransferConfig, path: Path, resume: bool) -> RunResult:
     if not resume:
-        shutil.rmtree(path, ignore_errors=True)  # an unfinished attempt without a usable checkpoint
+        if not finished_elsewise(path):  # a finished run of other settings is moved aside when the run starts
+            shutil.rmtree(path, ignore_errors=True)  # an unfinished attempt without a usable checkpoint
         if kind == "train":
             return train(config, progress_bar=False)
         return transfer(config, progress_bar=False, verbose=False)
@@ -114,15 +123,27 @@ def _run(kind: str, config: TrainConfig | TransferConfig, path: Path, resume: bo
     return transfer(progress_bar=False, verbose=False, resume=path, source=config.source)
 
 
-def resumable(path: Path, fingerprint: str) -> bool:
+def resumable(path: Path, fingerprint: str, config: TrainConfig | TransferConfig | None = None) -> bool:
     """True when the run directory holds a checkpoint that an interrupted attempt of this same run (same config
-    and source: the fingerprint) left behind."""
+    and source: the fingerprint) left behind. A run killed outright (SIGKILL, a crash) leaves no marker: with
+    `config`, its checkpoint counts when the run's saved config is this one (where its files lie aside)."""
+    if not RunRecord(path).has_checkpoint():
+        return False
     try:
         marker = json.loads((path / INTERRUPTED).read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return config is not None and _same_run(path, config)
+    return isinstance(marker, dict) and marker.get("fingerprint") == fingerprint
+
+
+def _same_run(path: Path, config: TrainConfig | TransferConfig) -> bool:
+    """The run in `path` was started with `config` (paths aside: the study directory may have moved; a transfer
+    checks its source's digest itself when it resumes) and was still running when it was stopped."""
+    try:
+        if RunRecord.read(path).get("status") != "running":
+            return False
+        saved = load_config(path / "config.yaml", type(config))
+    except (OSError, ValueError, RLTransferError):
         return False
-    return (
-        isinstance(marker, dict)
-        and marker.get("fingerprint") == fingerprint
-        and RunRecord(path).has_checkpoint()
-    )
+    ignore = {"log_root", "source"}
+    return saved.model_dump(mode="json", exclude=ignore) == config.model_dump(mode="json", exclude=ignore)

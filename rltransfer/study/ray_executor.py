@@ -25,8 +25,8 @@ from typing import Any
 
 from rltransfer.core.errors import ConfigError
 from rltransfer.core.interrupt import request_stop, stop_requested
-from rltransfer.core.io import write_json, write_text
-from rltransfer.study.execute import RESULT, execute_run, resumable
+from rltransfer.core.io import prepare_run_dir, release_run_dir, write_json, write_text
+from rltransfer.study.execute import RESULT, execute_run, finished_elsewise, resumable
 from rltransfer.study.executor import OnRecord
 from rltransfer.study.plan import RunSpec
 
@@ -180,6 +180,12 @@ class RayExecutor:
             return  # the study was stopping before this run began
         if spec.key in self.retried:
             record["retries"] = self.retried[spec.key]
+        if finished_elsewise(
+            spec.run_dir
+        ):  # a finished run of other settings: kept aside, as the local pool does
+            release_run_dir(spec.run_dir)
+            prepare_run_dir(spec.run_dir.parent, spec.run_dir.name)
+            release_run_dir(spec.run_dir)
         unpack_dir(archive, spec.run_dir)
         if record["status"] == "finished" and spec.key in self.retried:
             write_json(spec.run_dir / RESULT, record)

@@ -19,7 +19,7 @@ from rltransfer.core.interrupt import Interrupted, stop_on_signals
 from rltransfer.core.io import write_text
 from rltransfer.rl.config import TrainConfig
 from rltransfer.study.config import StudyConfig
-from rltransfer.study.execute import execute_run, finished_result
+from rltransfer.study.execute import execute_run, finished_elsewise, finished_result
 from rltransfer.study.executor import Executor, LocalExecutor
 from rltransfer.study.plan import RunSpec, StudyPlan, config_fingerprint, plan_study
 from rltransfer.study.report import StudyReport, build_report
@@ -67,6 +67,14 @@ def _run_plan(plan: StudyPlan, executor: Executor, progress: bool) -> StudyRepor
             pending.append(spec)
     if results:
         print(f"Resuming: {len(results)} of {len(plan.runs)} runs already finished.", flush=True)
+    stale = sum(1 for spec in pending if finished_elsewise(spec.run_dir))
+    if stale:
+        print(
+            f"{stale} finished runs in {plan.study_dir} were made with other settings than this config: each is "
+            "moved aside (to RUN.<time>, nothing is deleted) and run again.",
+            file=sys.stderr,
+            flush=True,
+        )
     started = time.perf_counter()
     _execute(executor, pending, _Progress(results, len(plan.runs), progress), plan.study_dir)
     described = getattr(executor, "description", "")

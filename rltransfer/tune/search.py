@@ -145,9 +145,11 @@ def _setup(config: TuneConfig) -> TuneSetup:
     layers = layer_options(policy, config.space, reinitialised)
     config = config.model_copy(update={"agent": source.agent})  # in full: --resume builds exactly it
     tune_dir.mkdir(parents=True, exist_ok=True)
-    write_text(tune_dir / TUNE_CONFIG, dump_config(config))
     storage = config.storage or default_storage(tune_dir)
-    open_storage(storage, create=True)  # a bad URL fails here, before anything trains
+    # a bad URL or trials of another search are refused before anything trains, and before tune.yaml (what
+    # --resume continues) is touched: a refused call never spoils an interrupted tuning
+    _check_same_search(open_storage(storage, create=True), config)
+    write_text(tune_dir / TUNE_CONFIG, dump_config(config))
     return TuneSetup(
         config,
         tune_dir,
@@ -169,11 +171,12 @@ def _search(setup: TuneSetup, arm: str, executor: Executor) -> Arm:
         study_name=f"{config.name}-{arm}",
         storage=open_storage(setup.storage, create=True),
         direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=config.sampler_seed + ARMS.index(arm)),
+        sampler=optuna.samplers.TPESampler(seed=_sampler_seed(setup, arm)),
         pruner=make_pruner(config.pruner.model_dump()),
         load_if_exists=True,
     )
-    _check_same_search(study, setup)
+    if study.user_attrs.get("search") is None:
+        study.set_user_attr("search", search_fingerprint(config))
     _recover(study, setup.tune_dir / "trials" / arm)
     started = time.perf_counter()
     slots = int(getattr(executor, "slots", 1))
@@ -202,18 +205,40 @@ SEARCH_KEYS = ("source", "target", "budget", "n_envs", "eval", "threshold", "age
 raised to search on; where trials run and the confirmation seeds may change)."""
 
 
-def _check_same_search(study: Any, setup: TuneSetup) -> None:
-    data = setup.config.model_dump(mode="json")
-    fingerprint = config_fingerprint({key: data[key] for key in SEARCH_KEYS})
-    stored = study.user_attrs.get("search")
-    if stored is None:
-        study.set_user_attr("search", fingerprint)
-    elif stored != fingerprint:
-        raise ConfigError(
-            f"{setup.storage} already holds trials of the tuning `{setup.config.name}` with other settings "
-            f"(one of {', '.join(SEARCH_KEYS)} changed), so its scores would not compare. Give the new search "
-            "another `name` (or `storage`), or remove the old tuning directory."
-        )
+def search_fingerprint(config: TuneConfig) -> str:
+    data = config.model_dump(mode="json")
+    return config_fingerprint({key: data[key] for key in SEARCH_KEYS})
+
+
+def _check_same_search(storage: Any, config: TuneConfig) -> None:
+    """Trials already stored under this tuning's name must come from the same search."""
+    optuna = import_optuna()
+    names = set(optuna.study.get_all_study_names(storage=storage))
+    fingerprint = search_fingerprint(config)
+    for arm in ARMS:
+        name = f"{config.name}-{arm}"
+        if name not in names:
+            continue
+        stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get("search")
+        if stored is not None and stored != fingerprint:
+            raise ConfigError(
+                f"The storage of the tuning `{config.name}` already holds trials with other settings (one of "
+                f"{', '.join(SEARCH_KEYS)} changed), so their scores would not compare. Continue that tuning "
+                "with `rltransfer tune --resume DIR`, give the new search another `name` (or `storage`), or "
+                "remove the old tuning directory."
+            )
+
+
+def _sampler_seed(setup: TuneSetup, arm: str) -> int:
+    """The sampler's seed: `sampler_seed` for a fresh search; on a resume, moved on by the trials already
+    stored, so that the new trials do not repeat the draws the interrupted command made first."""
+    optuna = import_optuna()
+    name = f"{setup.config.name}-{arm}"
+    storage = open_storage(setup.storage, create=True)
+    done = 0
+    if name in optuna.study.get_all_study_names(storage=storage):
+        done = len(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
+    return setup.config.sampler_seed * 1_000 + ARMS.index(arm) + 7_919 * done
 
 
 def _counted(study: Any) -> int:
