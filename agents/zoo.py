@@ -168,6 +168,11 @@ def _literal(node: ast.AST) -> Any:
 def with_zoo(agent: dict[str, Any], env_id: str, origin: str) -> dict[str, Any]:
     """An ``agent`` mapping with ``zoo`` resolved: the zoo's settings, with what the user wrote on top."""
     zoo = agent.get("zoo")
+    if not isinstance(zoo, (bool, str)) or zoo == "":
+        raise ConfigError(
+            f"{origin}: `agent.zoo` is {zoo!r}; give true (the zoo's settings for this game), false, or the name of "
+            "a zoo entry such as CartPole-v1."
+        )
     if not zoo:
         return {key: value for key, value in agent.items() if key != "zoo"}
     algo = agent.get("algo", "ppo")

@@ -230,3 +230,8 @@ def test_a_game_the_zoo_does_not_cover_is_named_with_what_it_has() -> None:
             },
             TrainConfig,
         )
+    with pytest.raises(ConfigError, match="`agent.zoo` is 3; give true"):
+        parse_config(
+            {"name": "x", "budget": 10, "env": {"id": "rltransfer/CartPole-v1"}, "agent": {"zoo": 3}},
+            TrainConfig,
+        )

@@ -69,3 +69,16 @@ def test_weights_that_do_not_fit_the_game_name_the_tensor(tiny_source: Path, cap
         "`--env` 'NoSuchGame-v0' is not a registered gymnasium environment" in error
         and "Traceback" not in error
     )
+
+
+def test_evaluate_refuses_bad_arguments_and_never_mixes_videos(tiny_source: Path, tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="is a file; give a folder"):
+        evaluate(tiny_source, episodes=1, video_dir=tmp_path / "afile")
+    with pytest.raises(ConfigError, match="--device 'gpu'"):
+        evaluate(tiny_source, episodes=1, device="gpu")
+    with pytest.raises(ConfigError, match="--seed must be a non-negative integer"):
+        evaluate(tiny_source, episodes=1, seed=-1)
+    evaluate(tiny_source, episodes=1, video_dir=tmp_path / "videos", device="cpu")
+    with pytest.raises(ConfigError, match="already holds videos of an earlier evaluation"):
+        evaluate(tiny_source, episodes=1, video_dir=tmp_path / "videos", device="cpu")

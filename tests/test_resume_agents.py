@@ -415,3 +415,20 @@ def test_the_fused_nan_check_names_the_bad_parameter_and_clears_a_huge_finite_on
     with torch.no_grad():
         model[1].bias[1] = float("inf")
     assert nonfinite_parameter(model) == "1.bias"
+
+
+def test_a_full_disk_inside_torch_save_is_a_clean_storage_error(tmp_path: Path, monkeypatch) -> None:
+    """torch reports a failed write as a RuntimeError of its zip writer; the user gets the path and the cause."""
+    from rltransfer.core.errors import StorageError
+    from rltransfer.core.io import atomic_path
+
+    def full(*_args, **_kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 128 vs 64")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(
+        StorageError, match=r"Cannot write .*state\.pt: the file could not be written \(is the disk full\?\)"
+    ):
+        with atomic_path(tmp_path / "state.pt", suffix=".pt") as tmp:
+            torch.save({}, tmp)
+    assert not list(tmp_path.iterdir())  # nothing half-written is left

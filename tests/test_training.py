@@ -229,3 +229,13 @@ def test_a_full_disk_mid_run_is_recorded_and_the_run_resumes(tmp_path: Path, tin
     monkeypatch.setattr(io.tempfile, "mkstemp", real_mkstemp)
     result = rltransfer.train(resume=run_dir, progress_bar=False)  # space again: it continues
     assert result.timesteps >= 512 and json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+
+
+def test_a_budget_below_one_rollout_is_warned_about(tiny_train, capsys) -> None:
+    import rltransfer
+
+    tiny_train.update(
+        budget=100, eval={"every": 50, "episodes": 1, "patience": None}
+    )  # rollout: 32 x 4 = 128
+    rltransfer.train(tiny_train, progress_bar=False)
+    assert "one rollout is 128 steps (n_steps 32 x 4 envs) but the budget is 100" in capsys.readouterr().err

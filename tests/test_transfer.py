@@ -428,3 +428,13 @@ def test_l2sp_in_a_transfer_run_and_refused_without_a_source(tiny_source, tiny_t
             rltransfer.TrainConfig,
             {"agent.optimizer.decay_to": "source"},
         )
+
+
+def test_a_transfer_may_not_take_its_own_source_s_run_directory(tiny_source, tiny_transfer) -> None:
+    tiny_transfer.update(source=str(tiny_source), name=tiny_source.name, log_root=str(tiny_source.parent))
+    with pytest.raises(rltransfer.ConfigError, match="its own source's run directory"):
+        rltransfer.transfer(tiny_transfer, progress_bar=False, verbose=False)
+    assert (tiny_source / "best_model.zip").exists()
+    tiny_transfer.update(name="t", unfreeze_at=512, freeze=["mlp_extractor.policy_net.0"])
+    with pytest.raises(rltransfer.ConfigError, match="`unfreeze_at` \\(512\\) is not below `budget`"):
+        rltransfer.transfer(tiny_transfer, progress_bar=False, verbose=False)

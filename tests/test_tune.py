@@ -174,6 +174,7 @@ def test_an_interrupted_search_resumes_keeping_finished_trials(
         ({"space": {"reinit": [{"mine": ["no_such_layer"]}]}}, "`space.reinit` mine: .*no_such_layer"),
         ({"space": {"lr": {"low": 0.01, "high": 0.001}}}, "space.lr"),
         ({"storage": "nosuchdb://x"}, "`storage` nosuchdb://x"),
+        ({"space": {"optimizer": ["adam", "lion"]}}, "space.optimizer.*unknown optimizer 'lion'"),
     ],
 )
 def test_bad_tunings_are_refused_before_any_trial(tune, tmp_path: Path, change, expected) -> None:

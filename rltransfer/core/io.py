@@ -77,6 +77,13 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         raise
     except OSError as error:
         raise cannot_write(path, error) from None
+    except RuntimeError as error:
+        # torch.save reports a failed write (a full disk) as a RuntimeError of its zip writer
+        if not any(mark in str(error) for mark in ("PytorchStreamWriter", "unexpected pos", "write failed")):
+            raise
+        raise cannot_write(
+            path, OSError(errno.ENOSPC, "the file could not be written (is the disk full?)")
+        ) from None
     finally:
         with suppress(OSError):
             tmp_path.unlink(missing_ok=True)

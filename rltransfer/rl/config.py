@@ -156,3 +156,8 @@ class TransferConfig(RunConfig):
         super().check(origin)
         if self.agent is not None:
             self.agent.check(origin)
+        if self.unfreeze_at is not None and self.unfreeze_at >= self.budget:
+            raise ConfigError(
+                f"{origin}: `unfreeze_at` ({self.unfreeze_at:,}) is not below `budget` ({self.budget:,}): the frozen "
+                "layers would never train. Lower unfreeze_at or raise the budget."
+            )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
 from rltransfer.agents.builder import build_agent
-from rltransfer.core.config import load_yaml
+from rltransfer.core.config import check_device, load_yaml
 from rltransfer.core.device import resolve_device
 from rltransfer.core.errors import ConfigError, TransferError
 from rltransfer.envs.base import family_of
@@ -74,6 +75,14 @@ def evaluate(
     `video_dir`, every episode is recorded to an MP4 there (needs ``pip install "rltransfer[video]"``)."""
     if episodes < 1:
         raise ConfigError(f"--episodes must be at least 1, got {episodes}.")
+    if seed < 0:
+        raise ConfigError(f"--seed must be a non-negative integer, got {seed}.")
+    try:
+        check_device(device)
+    except ValueError as error:
+        raise ConfigError(f"--device {device!r}: {error}.") from None
+    if video_dir is not None:
+        _check_video_dir(Path(video_dir))
     source = load_source(agent, trust=trust)
     env_config = _env_of(source.path, env)
     vec_env = _make_env(env_config, seed, video_dir, episodes)
@@ -114,6 +123,26 @@ def evaluate(
     )
 
 
+def _check_video_dir(folder: Path) -> None:
+    """A folder of its own for the videos: never a file, never mixed with another evaluation's episodes."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--video {folder} is a file; give a folder for the videos.")
+    if folder.is_dir() and any(folder.glob("rl-video-episode-*.mp4")):
+        raise ConfigError(
+            f"--video {folder} already holds videos of an earlier evaluation; give another folder (or empty this "
+            "one), so that the episodes of two agents are never mixed."
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".rltransfer-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(
+            f"Cannot write videos to {folder}: {error.strerror or type(error).__name__}. Give a writable folder."
+        ) from None
+
+
 def _env_of(path: Path, env: str | None) -> EnvConfig:
     """The game to play: `env` when given, else the one the agent's run was trained (or fine-tuned) on."""
     config = path.parent / "config.yaml"
@@ -147,14 +176,18 @@ def _make_env(env: EnvConfig, seed: int, video_dir: str | Path | None, episodes:
 
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame-drawn games render off-screen
     try:
-        return make_vec_env(
-            env.id, n_envs=1, seed=seed, env_kwargs={**context, "render_mode": "rgb_array"},
-            vec_env_cls=DummyVecEnv, wrapper_class=RecordVideo,
-            wrapper_kwargs={
-                "video_folder": str(video_dir), "episode_trigger": functools.partial(_within, episodes),
-                "disable_logger": True,
-            },
-        )  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=".*Overwriting existing videos"
+            )  # checked: no videos there
+            return make_vec_env(
+                env.id, n_envs=1, seed=seed, env_kwargs={**context, "render_mode": "rgb_array"},
+                vec_env_cls=DummyVecEnv, wrapper_class=RecordVideo,
+                wrapper_kwargs={
+                    "video_folder": str(video_dir), "episode_trigger": functools.partial(_within, episodes),
+                    "disable_logger": True,
+                },
+            )  # fmt: skip
     except TypeError as error:
         raise ConfigError(f"{env.id} cannot render frames to record ({error}).") from None
 

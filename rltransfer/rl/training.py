@@ -150,6 +150,7 @@ def run_training(
     ``run.json`` is written when the run starts and once more when it ends (finished, failed or interrupted);
     ``on_finish`` adds the caller's own results to that last record."""
     checkpoint = read_agent_checkpoint(run_dir) if resume else None
+    _warn_if_no_update(model, config)
     config_yaml = dump_config(config)
     if not resume:
         write_text(run_dir / "config.yaml", config_yaml)
@@ -176,6 +177,21 @@ def run_training(
     )
     _stop_if_unfinished(model, checkpointing, record, kind)
     return _finish(model, record, evaluation, time.perf_counter() - started, on_finish)
+
+
+def _warn_if_no_update(model: BaseAlgorithm, config: RunConfig) -> None:
+    """PPO / A2C learn once per rollout: a budget below one rollout is spent before the first update."""
+    steps = getattr(model, "n_steps", None)
+    rollout = steps * model.n_envs if isinstance(steps, int) else 0
+    if rollout > config.budget:
+        print(
+            f"Warning: one rollout is {rollout:,} steps (n_steps {steps} x {model.n_envs} envs) but the budget is "
+            f"{config.budget:,}: SB3 collects the whole rollout before its first update, so the run takes "
+            f"{rollout:,} steps and every evaluation sees the untrained network. Lower agent.hyperparams.n_steps "
+            "or env.n_envs, or raise the budget.",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _start_record(

@@ -144,6 +144,12 @@ def _transfer_stage(
     """One transfer: load the source, build the target agent, map, freeze and fine-tune into `run_dir` (None:
     a new run directory, made once everything before training has worked)."""
     source = load_source(source_path, trust=trust)
+    target_dir = Path(config.log_root) / config.name
+    if run_dir is None and target_dir.resolve() == source.path.parent.resolve():
+        raise ConfigError(
+            f"The transfer would run in {target_dir}, which is its own source's run directory: the source would "
+            "be moved aside and the run would name itself as its source. Give the transfer another `name`."
+        )
     source_digest = digest(source.path)
     if resume and run_dir is not None:
         _check_same_source(run_dir, source.path, source_digest)

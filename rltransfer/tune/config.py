@@ -65,6 +65,16 @@ class TuneSpace(Section):
     """The algorithm's own settings (both arms), e.g. ``{exploration_initial_eps: [1.0, 0.1]}`` for DQN or
     ``{n_epochs: [5, 10]}`` for PPO: merged into ``agent.hyperparams``."""
 
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizers(cls, value: Choices | str) -> Choices | str:
+        from rltransfer.core.optim import OPTIMIZERS
+
+        for name in value if isinstance(value, list) else [value]:
+            if name not in OPTIMIZERS:
+                raise ValueError(f"unknown optimizer {name!r}; choose among {', '.join(OPTIMIZERS)}")
+        return value
+
     @field_validator("freeze", "reinit")
     @classmethod
     def _layer_choices(cls, value: list[LayerChoice], info: Any) -> list[LayerChoice]:
