@@ -70,13 +70,15 @@ def _campaign(
             command = resume
             continue
         assert "Traceback" not in stderr, stderr
-        if code == 0:
+        if code == 0 or (code == 2 and "already finished" in stderr):  # it finished just before the kill
             counts["finished early"] += 1
             return counts
         assert code == 2 and ("before it began" in stderr or "is not an rltransfer" in stderr), stderr
         counts["restarted"] += 1  # killed before anything was written: run it again
         command = start
     code, stderr = _run(command, None)
+    if code == 2 and "already finished" in stderr:
+        return counts
     if code == 2 and ("before it began" in stderr or "is not an rltransfer" in stderr):
         counts["restarted"] += 1
         code, stderr = _run(start, None)

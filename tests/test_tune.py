@@ -89,7 +89,7 @@ def test_a_tiny_search_writes_a_runnable_recipe_against_a_tuned_scratch(tune, tm
     # the best recipe is a config `rltransfer transfer` runs as it is
     best = load_config(report.best_transfer, TransferConfig)
     assert best.agent.optimizer.lr == pytest.approx(report.best["transfer"]["recipe"]["lr"])
-    assert main(["transfer", str(report.best_transfer), "--no-progress", "--budget", "256"]) == 0
+    assert main(["transfer", str(report.best_transfer), "--no-progress", "--budget", "384"]) == 0
     assert (Path(best.log_root) / best.name / "best_model.zip").exists()
     assert load_config(report.best_scratch, TrainConfig).agent.optimizer.lr == pytest.approx(
         report.best["scratch"]["recipe"]["lr"]

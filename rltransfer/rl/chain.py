@@ -53,14 +53,27 @@ def stage_state(config: TransferConfig, stage_dir: Path) -> StageState:
     """Whether a stage with exactly this config already finished, was interrupted with a checkpoint to resume
     from, or must run afresh."""
     record = RunRecord.read(stage_dir)
-    same = record.config_path.is_file() and _placeless(record.config_path.read_text(encoding="utf-8")) == (
-        _placeless(dump_config(config))
-    )
+    same = False
+    if record.config_path.is_file():
+        saved = _placeless(record.config_path.read_text(encoding="utf-8"))
+        wanted = _placeless(dump_config(config))
+        if isinstance(saved, dict) and isinstance(wanted, dict):
+            # the stage saved the agent it built: its source's, with what the config's agent section sets
+            saved_agent, _ = saved.pop("agent", None), wanted.pop("agent", None)
+            given = config.agent.model_dump(mode="json", exclude_unset=True) if config.agent else {}
+            same = saved == wanted and _within(given, saved_agent)
     if same and record.status == "finished" and record.best_model.is_file():
         return "finished"
     if same and record.status == "interrupted" and record.has_checkpoint():
         return "interrupted"
     return "new"
+
+
+def _within(given: Any, saved: Any) -> bool:
+    """Every key of `given` has the same value in `saved` (recursively)."""
+    if isinstance(given, dict):
+        return isinstance(saved, dict) and all(_within(v, saved.get(k)) for k, v in given.items())
+    return given == saved
 
 
 def _placeless(config_text: str) -> Any:

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from rltransfer.agents.builder import build_agent
 from rltransfer.agents.config import AgentConfig, inherit_agent
 from rltransfer.agents.freezing import decay_toward_source, freeze_agent, is_target_copy, layer_copies
-from rltransfer.core.config import coerce_config, dump_config
+from rltransfer.core.config import coerce_config
 from rltransfer.core.device import resolve_device
 from rltransfer.core.errors import ConfigError, LayerSelectionError, TransferError, short_list
 from rltransfer.core.interrupt import Interrupted, stop_on_signals
@@ -80,7 +81,7 @@ def transfer(
     if run_dir is None:
         run_dir = prepare_run_dir(config.log_root, config.name)
         # what --resume needs if a signal stops the chain before its last stage starts
-        write_text(run_dir / "config.yaml", dump_config(config))
+        write_text(run_dir / "config.yaml", _dump_keeping_agent_changes(config))
         RunRecord(run_dir).update(kind="transfer", status="running", env=config.env.id)
     with stop_on_signals(resume=(run_dir, "transfer")):  # a second Ctrl-C in any stage names the whole run
         source, trust, stages = _run_chain(config, run_dir, progress_bar, verbose)
@@ -207,6 +208,15 @@ def _transfer_stage(
     return TransferResult(
         **vars(result), mapping=mapping, frozen_unchanged=outcome["frozen_unchanged"], chain=chain or []
     )
+
+
+def _dump_keeping_agent_changes(config: TransferConfig) -> str:
+    """The config as YAML, its ``agent`` section only as written (the keys set on top of each stage's source),
+    so that a resumed chain builds every stage's agent as the first attempt did."""
+    data = config.model_dump(mode="json")
+    if config.agent is not None:
+        data["agent"] = config.agent.model_dump(mode="json", exclude_unset=True)
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def _announcing_zero_shot(then: OnEvaluation | None) -> OnEvaluation:

@@ -163,6 +163,15 @@ class TuneConfig(Section):
         self.execution.check(origin)
         if self.agent is not None:
             self.agent.check(origin)
+        steps = (
+            self.space.unfreeze_at if isinstance(self.space.unfreeze_at, list) else [self.space.unfreeze_at]
+        )
+        late = [step for step in steps if isinstance(step, int) and step >= self.budget]
+        if late:
+            raise ConfigError(
+                f"{origin}: `space.unfreeze_at` offers {late}, not below `budget` ({self.budget:,}): the frozen "
+                "layers would never train. Offer steps below the budget (or null: never)."
+            )
         shared = sorted(set(self.trial_seed_list()) & set(self.confirm_seed_list()))
         if shared:
             raise ConfigError(
