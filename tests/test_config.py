@@ -180,3 +180,10 @@ def test_a_key_given_twice_is_refused_naming_the_key_and_lines(tmp_path: Path) -
     )
     with pytest.raises(ConfigError, match="`base` is not a known setting"):  # a YAML merge is not a duplicate
         load_config(path, TrainConfig)
+
+
+def test_a_folder_given_as_config_is_named_as_a_folder(tmp_path: Path) -> None:
+    from rltransfer.core.config import resolve_config_path
+
+    with pytest.raises(ConfigError, match="is a folder, not a YAML file"):
+        resolve_config_path(str(tmp_path))

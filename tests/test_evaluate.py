@@ -39,6 +39,8 @@ def test_a_plain_dqn_zip_needs_its_game_named_and_then_scores_as_in_sb3(tmp_path
     model.save(path)
     with pytest.raises(ConfigError, match="give it with --env ID"):
         evaluate(path)
+    with pytest.raises(ConfigError, match="is a DQN agent and cannot play Pendulum-v1 .*leave out --env"):
+        evaluate(path, env="Pendulum-v1", episodes=1, device="cpu")
     result = evaluate(path, env="CartPole-v1", episodes=3, seed=1, device="cpu")
     assert result.returns == _sb3_returns(DQN.load(path, device="cpu"), "CartPole-v1", 3, seed=1)
 

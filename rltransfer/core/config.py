@@ -112,7 +112,9 @@ def load_config(path: str | Path, model: type[ConfigT], overrides: dict[str, Any
     data.setdefault("name", Path(path).stem)
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value, str(path))
-    return parse_config(data, model, str(path))
+    # a mistake may sit in the command line rather than in the file: the origin says both
+    origin = f"{path} with the command line's overrides" if overrides else str(path)
+    return parse_config(data, model, origin)
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any, origin: str = "config") -> None:
@@ -248,6 +250,8 @@ def resolve_config_path(argument: str) -> Path:
     if packaged.is_file():
         with resources.as_file(packaged) as real:
             return Path(real)
+    if path.is_dir():
+        raise ConfigError(f"Config {argument} is a folder, not a YAML file: give the config file inside it.")
     raise ConfigError(
         f"Config {argument} does not exist (relative paths start at {Path.cwd()}). "
         f"Give a YAML file, or one of the configs shipped with rltransfer: {', '.join(_packaged_configs())}."

@@ -97,7 +97,14 @@ def evaluate(
             }
         )
     try:
-        model = build_agent(agent_config, vec_env, seed=seed, device=resolve_device(device))
+        try:
+            model = build_agent(agent_config, vec_env, seed=seed, device=resolve_device(device))
+        except ConfigError as error:  # e.g. a DQN agent asked to play a game with continuous actions
+            reason = str(error).split(". Choose")[0].rstrip(".")
+            raise ConfigError(
+                f"{source.path} is a {agent_config.algo.upper()} agent and cannot play {env_config.id} ({reason}). "
+                "Evaluate it on the game it was trained on (leave out --env)."
+            ) from None
         _load_weights(model, source.state_dict, source.path, env_config.id)
         # SB3 wrapped the env as the policy needs it (channel-first frames for a CNN)
         returns, lengths = evaluate_policy(
