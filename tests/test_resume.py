@@ -199,3 +199,10 @@ def test_sigkill_resumes_from_the_last_periodic_checkpoint(tmp_path: Path, cli: 
     resumed = cli.resume("image", run)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed after epoch {epoch}" in resumed.stdout and (run / "model" / "model.pt").is_file()
+
+
+def test_an_rl_run_given_to_image_resume_is_named_for_what_it_is(tiny_source: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"is a `train` run, not an image run \(`rltransfer train --resume`"
+    ):
+        run_image(resume=tiny_source, **QUIET)

@@ -239,3 +239,15 @@ def test_a_budget_below_one_rollout_is_warned_about(tiny_train, capsys) -> None:
     )  # rollout: 32 x 4 = 128
     rltransfer.train(tiny_train, progress_bar=False)
     assert "one rollout is 128 steps (n_steps 32 x 4 envs) but the budget is 100" in capsys.readouterr().err
+
+
+def test_a_file_where_the_run_directory_goes_is_named(tiny_train, tmp_path) -> None:
+    import rltransfer
+    from rltransfer.core.errors import StorageError
+
+    (tmp_path / "runs").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "runs" / "tiny-source").write_text("not a folder")
+    with pytest.raises(
+        StorageError, match="tiny-source is a file, where the run directory `tiny-source` would go"
+    ):
+        rltransfer.train(tiny_train, progress_bar=False)

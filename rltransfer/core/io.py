@@ -158,6 +158,11 @@ def prepare_run_dir(log_root: str | Path, name: str) -> Path:
 
 
 def _make_run_dir(run_dir: Path, name: str) -> Path:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise StorageError(
+            f"{run_dir} is a file, where the run directory `{name}` would go: move the file, or give the run "
+            "another name."
+        )
     if _in_use(run_dir):
         lock_run_dir(run_dir)  # raises the error that explains it
     release_run_dir(run_dir)  # (this process's own earlier run of that name is over)

@@ -265,6 +265,11 @@ def read_checkpoint(run_dir: Path) -> dict[str, Any]:
         raise ConfigError(
             f"{run_dir} is not an rltransfer image run (no config.yaml). Give the run directory."
         )
+    kind = RunRecord.read(run_dir).get("kind")
+    if kind in ("train", "transfer"):
+        raise ConfigError(
+            f"{run_dir} is a `{kind}` run, not an image run (`rltransfer {kind} --resume` continues those)."
+        )
     if not path.is_file():
         status = RunRecord.read(run_dir).status
         raise ConfigError(
