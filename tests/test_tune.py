@@ -47,6 +47,7 @@ def tune(tmp_path: Path, tiny_source: Path, tiny_train: dict[str, Any]) -> dict[
             "weight_decay": [0.0, 1e-4],
             "unfreeze_at": [None, 256],
             "hyperparams": {"n_epochs": [1, 2]},
+            "decay_to": ["zero", "source"],
         },
         "execution": {"workers": 1},
     }
@@ -77,6 +78,7 @@ def test_a_tiny_search_writes_a_runnable_recipe_against_a_tuned_scratch(tune, tm
             recipe = report.best[arm]["recipe"]
             assert run["agent"]["optimizer"]["lr"] == pytest.approx(recipe["lr"])
             assert run["agent"]["hyperparams"]["n_epochs"] == recipe["hyperparams.n_epochs"]
+            assert run["agent"]["optimizer"]["decay_to"] == recipe.get("decay_to", "zero")
     assert report.verdict.startswith("2 seeds cannot show a difference")
 
     data = json.loads(report.tune_json.read_text())

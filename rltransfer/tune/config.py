@@ -61,6 +61,9 @@ class TuneSpace(Section):
     """Optimizer name (both arms): adam, adamw, rmsprop, adagrad, sgd."""
     unfreeze_at: Choices | int | None = None
     """Two-phase fine-tuning: the frozen layers train too after this many steps (null: never)."""
+    decay_to: Choices | str = "zero"
+    """Transfer arm: plain weight decay (``zero``) or L2-SP (``source``: toward the source's weights), e.g.
+    ``[zero, source]``."""
     hyperparams: dict[str, FloatRange | Choices | Any] = Field(default_factory=dict)
     """The algorithm's own settings (both arms), e.g. ``{exploration_initial_eps: [1.0, 0.1]}`` for DQN or
     ``{n_epochs: [5, 10]}`` for PPO: merged into ``agent.hyperparams``."""

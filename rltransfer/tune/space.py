@@ -100,6 +100,7 @@ def sample(trial: Any, space: TuneSpace, arm: str, layers: tuple[dict, dict] | N
         params["unfreeze_at"] = (
             _suggest(trial, "unfreeze_at", space.unfreeze_at) if freeze[params["freeze"]] else None
         )
+        params["decay_to"] = _suggest(trial, "decay_to", space.decay_to)
     return params
 
 
@@ -118,7 +119,9 @@ def searched(space: TuneSpace, arm: str) -> list[str]:
     specs = {key: getattr(space, key) for key in SHARED}
     specs.update({f"hyperparams.{key}": spec for key, spec in space.hyperparams.items()})
     if arm == "transfer":
-        specs.update(freeze=space.freeze, reinit=space.reinit, unfreeze_at=space.unfreeze_at)
+        specs.update(
+            freeze=space.freeze, reinit=space.reinit, unfreeze_at=space.unfreeze_at, decay_to=space.decay_to
+        )
     return [
         key
         for key, spec in specs.items()
@@ -146,6 +149,7 @@ def apply_recipe(
         run["freeze"] = list(freeze[params["freeze"]])
         run["reinit"] = list(reinit[params["reinit"]])
         run["unfreeze_at"] = params.get("unfreeze_at")
+        run["agent"]["optimizer"]["decay_to"] = params.get("decay_to", "zero")
     return run
 
 
@@ -154,6 +158,8 @@ def agent_overrides(params: dict[str, Any]) -> dict[str, Any]:
     optimizer: dict[str, Any] = {"lr": float(params["lr"]), "weight_decay": float(params["weight_decay"])}
     if params["optimizer"] is not None:
         optimizer["name"] = params["optimizer"]
+    if "decay_to" in params:
+        optimizer["decay_to"] = params["decay_to"]
     overrides = {"optimizer": optimizer, "policy": {"dropout": float(params["dropout"])}}
     if _hyperparams(params):
         overrides["hyperparams"] = _hyperparams(params)
