@@ -352,7 +352,7 @@ def _layers(args: argparse.Namespace) -> int:
     from rltransfer.rl.sources import load_source
 
     source = load_source(args.agent)
-    from rltransfer.study.report import text_table
+    from rltransfer.core.tables import text_table
 
     rows = [("tensor", "shape", "parameters")]
     for key, tensor in source.state_dict.items():

@@ -117,7 +117,7 @@ def test_a_higher_asymptote_without_reaching_the_threshold_is_a_verdict_of_its_o
 
 
 def test_terminal_tables_fit_100_columns_and_lose_no_word() -> None:
-    from rltransfer.study.report import text_table
+    from rltransfer.core.tables import text_table
 
     rows = [
         ["strategy", "jumpstart", "asymptotic gain", "transfer ratio", "time to threshold", "speed-up", "stable"],

@@ -16,6 +16,7 @@ from torch import nn
 
 from rltransfer.agents.freezing import COPIES
 from rltransfer.core.errors import ConfigError, did_you_mean, short_list
+from rltransfer.core.tables import text_table
 
 
 @dataclass
@@ -30,28 +31,29 @@ class LayerMapping:
     """Target layers copied from a source layer of another name (``layer_map``)."""
 
     def format(self) -> str:
-        """A table a person reads: one row per layer with its fate and shapes."""
+        """A table a person reads (within 100 columns): one row per layer with its fate and shapes, then why each
+        re-initialised layer is new and where each renamed one came from."""
         rows = [("layer", "action", "source shape", "target shape")]
+        notes = []
         for name, shapes in self.copied.items():
-            action = f"copied from {self.renamed[name]}" if name in self.renamed else "copied"
+            action = "copied (renamed)" if name in self.renamed else "copied"
             action += ", frozen" if covered(name, self.frozen) else ""
             rows.append((name, action, _shapes(shapes), _shapes(shapes)))
+            if name in self.renamed:
+                notes.append(f"  {name}: copied from {self.renamed[name]}")
         for name, info in self.reinitialised.items():
-            action = f"re-initialised ({info['reason']})" + (", frozen" if covered(name, self.frozen) else "")
+            action = "re-initialised" + (", frozen" if covered(name, self.frozen) else "")
             rows.append(
                 (name, action, _shapes(info["source"]) if info["source"] else "-", _shapes(info["target"]))
             )
+            notes.append(f"  {name}: re-initialised ({info['reason']})")
         for name, shapes in self.unused.items():
             rows.append((name, "dropped (not in target)", _shapes(shapes), "-"))
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
-        lines = [
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
-        ]
-        lines.append(
+        summary = (
             f"{len(self.copied)} layers copied, {len(self.reinitialised)} re-initialised, "
             f"{len(self.unused)} dropped; frozen: {', '.join(self.frozen) or 'none'}"
         )
-        return "\n".join(lines)
+        return "\n".join([text_table(rows), *notes, summary])
 
     def as_dict(self) -> dict[str, Any]:
         return {
