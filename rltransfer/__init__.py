@@ -30,12 +30,15 @@ if TYPE_CHECKING:  # what IDEs and type checkers see for the names loaded on fir
     )
     from rltransfer.core.optim import build_optimizer
     from rltransfer.rl.config import TrainConfig, TransferConfig
+    from rltransfer.rl.evaluate import evaluate
     from rltransfer.rl.mapping import map_weights
     from rltransfer.rl.sources import load_source
     from rltransfer.rl.training import train
     from rltransfer.rl.transfer import transfer
     from rltransfer.study.config import StudyConfig
     from rltransfer.study.run import run_study
+    from rltransfer.tune.config import TuneConfig
+    from rltransfer.tune.search import run_tune
     from rltransfer.vision.config import ImageConfig
     from rltransfer.vision.pipeline import run_image
 
@@ -58,10 +61,13 @@ _LAZY = {
     "TrainConfig": "rltransfer.rl.config",
     "TransferConfig": "rltransfer.rl.config",
     "StudyConfig": "rltransfer.study.config",
+    "TuneConfig": "rltransfer.tune.config",
     "ImageConfig": "rltransfer.vision.config",
     "train": "rltransfer.rl.training",
     "transfer": "rltransfer.rl.transfer",
     "run_study": "rltransfer.study.run",
+    "run_tune": "rltransfer.tune.search",
+    "evaluate": "rltransfer.rl.evaluate",
     "run_image": "rltransfer.vision.pipeline",
     "load_source": "rltransfer.rl.sources",
     "map_weights": "rltransfer.rl.mapping",
@@ -87,10 +93,13 @@ __all__ = [
     "TrainConfig",
     "TransferConfig",
     "StudyConfig",
+    "TuneConfig",
     "ImageConfig",
     "train",
     "transfer",
     "run_study",
+    "run_tune",
+    "evaluate",
     "run_image",
     "load_source",
     "map_weights",

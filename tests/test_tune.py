@@ -242,3 +242,15 @@ def test_a_changed_search_is_not_mixed_with_the_stored_trials(tune, tmp_path: Pa
     with pytest.raises(ConfigError, match="`storage` sqlite:////nonexistent"):
         run_tune({**tune, "storage": "sqlite:////nonexistent/folder/x.db"})
     assert (tune_dir / TUNE_CONFIG).read_text() == saved  # refused calls leave what --resume continues alone
+
+
+def test_the_tuning_and_evaluation_are_public_names() -> None:
+    import rltransfer
+    from rltransfer.rl.evaluate import evaluate
+
+    assert (
+        rltransfer.run_tune is run_tune
+        and rltransfer.TuneConfig is TuneConfig
+        and rltransfer.evaluate is evaluate
+    )
+    assert {"run_tune", "TuneConfig", "evaluate"} <= set(rltransfer.__all__)
