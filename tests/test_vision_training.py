@@ -19,7 +19,11 @@ from PIL import Image  # noqa: E402
 from rltransfer.vision import cache as cache_module  # noqa: E402
 from rltransfer.vision.cache import FeatureCache  # noqa: E402
 from rltransfer.vision.config import DataConfig, ImageConfig, StageConfig, TrainingConfig  # noqa: E402
-from rltransfer.vision.data import load_task, preprocessing_for  # noqa: E402
+from rltransfer.vision.data import (  # noqa: E402
+    DataError,  # noqa: E402
+    load_task,
+    preprocessing_for,
+)
 from rltransfer.vision.models import ModelSpec, build_classifier  # noqa: E402
 from rltransfer.vision.pipeline import run_image  # noqa: E402
 from rltransfer.vision.trainer import Trainer  # noqa: E402
@@ -387,6 +391,14 @@ def test_a_users_own_module_transfers_and_reloads(tmp_path: Path) -> None:
     image = tmp_path / "three.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
     assert predict(tmp_path / "runs/own", [image], "cpu", module=TinyNet())[0][1] in {"3", "4"}
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(
+        DataError, match="broken.png is corrupt, truncated or not an image; leave it out"
+    ) as error:
+        predict(tmp_path / "runs/own", [tmp_path / "broken.png"], "cpu", module=TinyNet())
+    assert "skip_corrupt" not in str(error.value)
+    with pytest.raises(DataError, match="is a folder; give image files"):
+        predict(tmp_path / "runs/own", [tmp_path], "cpu", module=TinyNet())
 
 
 def test_center_loss_pulls_features_to_their_class_centers() -> None:

@@ -528,9 +528,17 @@ def predict(
     rows = []
     with torch.no_grad():
         for path in images:
+            if Path(path).is_dir():
+                raise DataError(f"{path} is a folder; give image files (e.g. {path}/*.png).")
             if not Path(path).is_file():
                 raise DataError(f"Image {path} does not exist. Check the path.")
-            tensor = transform(open_image(Path(path), spec.in_channels)).unsqueeze(0).to(device)
+            try:
+                image = open_image(Path(path), spec.in_channels)
+            except DataError:  # (training's advice, skip_corrupt, means nothing to predict)
+                raise DataError(
+                    f"Image {path} is corrupt, truncated or not an image; leave it out."
+                ) from None
+            tensor = transform(image).unsqueeze(0).to(device)
             probabilities = torch.softmax(model(tensor), dim=1)[0]
             best = int(probabilities.argmax())
             rows.append((str(path), spec.classes[best], float(probabilities[best])))
