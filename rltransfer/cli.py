@@ -58,6 +58,21 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def _execution_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """Where a study's runs (or a tuning's trials) execute: --workers, --backend, --address."""
+    parser.add_argument(
+        "--workers", type=int, help=f"local backend: {what} at once (default: the number of CPU cores)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        help=f"where {what} execute: a local process pool or a Ray cluster",
+    )
+    parser.add_argument(
+        "--address", help="ray backend: the cluster's head, HOST:PORT (default: start Ray on this machine)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rltransfer", description="Reinforcement transfer learning on SB3.")
     parser.add_argument("--version", action="version", version=f"rltransfer {_version()}")
@@ -82,17 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
     study.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     study.add_argument("--log-root", dest="log_root", help="folder holding the study (default: runs)")
-    study.add_argument(
-        "--workers", type=int, help="local backend: parallel runs (default: the number of CPU cores)"
-    )
-    study.add_argument(
-        "--backend",
-        choices=["local", "ray"],
-        help="where runs execute: a local process pool or a Ray cluster",
-    )
-    study.add_argument(
-        "--address", help="ray backend: the cluster's head, HOST:PORT (default: start Ray on this machine)"
-    )
+    _execution_args(study, "runs")
     study.add_argument(
         "--no-progress", action="store_true", help="hide the progress bar and the per-run lines"
     )
@@ -111,13 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--budget", type=int, help="environment steps of every run")
     tune.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     tune.add_argument("--log-root", dest="log_root", help="folder holding the tuning (default: runs)")
-    tune.add_argument("--workers", type=int, help="local backend: trials at once (default: the CPU cores)")
-    tune.add_argument(
-        "--backend", choices=["local", "ray"], help="where trials execute: a local process pool or Ray"
-    )
-    tune.add_argument(
-        "--address", help="ray backend: the cluster's head, HOST:PORT (default: start Ray on this machine)"
-    )
+    _execution_args(tune, "trials")
     image = commands.add_parser(
         "image",
         help="transfer an image classifier (freeze the trunk, new head, fine-tune) and compare with scratch",

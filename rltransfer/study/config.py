@@ -12,6 +12,17 @@ from rltransfer.core.errors import ConfigError
 from rltransfer.rl.config import ChainStage, check_budget
 
 
+def check_seeds(value: list[int] | int) -> list[int] | int:
+    """A field validator for seeds given as a count (n: 0..n-1) or a list of distinct non-negative seeds."""
+    if isinstance(value, int) and value < 1:
+        raise ValueError("seeds must be a positive count or a list of seeds")
+    if isinstance(value, list) and (
+        not value or any(seed < 0 for seed in value) or len(set(value)) != len(value)
+    ):
+        raise ValueError("seeds must be a non-empty list of distinct non-negative integers")
+    return value
+
+
 class StudySource(Section):
     """The study's source agent: a train config trained first (inside the study), or an existing agent."""
 
@@ -121,16 +132,7 @@ class StudyConfig(Section):
 
     _known_device = field_validator("device")(check_device)
 
-    @field_validator("seeds")
-    @classmethod
-    def _positive_seeds(cls, value: list[int] | int) -> list[int] | int:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("seeds must be a positive count or a list of seeds")
-        if isinstance(value, list) and (
-            not value or any(seed < 0 for seed in value) or len(set(value)) != len(value)
-        ):
-            raise ValueError("seeds must be a non-empty list of distinct non-negative integers")
-        return value
+    _positive_seeds = field_validator("seeds")(check_seeds)
 
     def check(self, origin: str) -> None:
         check_budget(self.budget, self.eval.every, origin)

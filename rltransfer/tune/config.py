@@ -11,7 +11,7 @@ from rltransfer.agents.config import AgentConfig
 from rltransfer.core.config import NAME_PATTERN, Section, check_device
 from rltransfer.core.errors import ConfigError
 from rltransfer.rl.config import check_budget
-from rltransfer.study.config import StudyEval, StudyExecution, StudySource, StudyTarget
+from rltransfer.study.config import StudyEval, StudyExecution, StudySource, StudyTarget, check_seeds
 
 FREEZE_DEPTHS = ("none", "first", "trunk", "all-but-heads")
 """How deep to freeze, in the agent's own layers: nothing; the first layer of each network (the one reading the
@@ -142,16 +142,7 @@ class TuneConfig(Section):
 
     _known_device = field_validator("device")(check_device)
 
-    @field_validator("trial_seeds", "confirm_seeds")
-    @classmethod
-    def _seeds(cls, value: list[int] | int) -> list[int] | int:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("must be a positive count or a list of seeds")
-        if isinstance(value, list) and (
-            not value or any(seed < 0 for seed in value) or len(set(value)) != len(value)
-        ):
-            raise ValueError("must be a non-empty list of distinct non-negative integers")
-        return value
+    _known_seeds = field_validator("trial_seeds", "confirm_seeds")(check_seeds)
 
     def trial_seed_list(self) -> list[int]:
         seeds = self.trial_seeds

@@ -311,11 +311,11 @@ def _ask(setup: TuneSetup, arm: str, study: Any) -> TrialSpec:
         TRIAL_RUNNER,
         item,
         arm_dir / f"trial{trial.number}",
-        fingerprint_source(item),
+        _trial_fingerprint(item),
     )
 
 
-def fingerprint_source(item: dict[str, Any]) -> str:
+def _trial_fingerprint(item: dict[str, Any]) -> str:
     return config_fingerprint({"trial": item["trial"]["number"], "run": item["run"]})
 
 
