@@ -48,6 +48,12 @@ class EnvFamily:
     """False for families whose variants are different games (``game`` in the variant): no base id."""
     eval_context: Mapping[str, float] = field(default_factory=dict)
     """Context the evaluation env uses on top of the run's, e.g. unclipped rewards so that returns are scores."""
+    random_only_at_reset: bool = False
+    """The game draws random numbers only when an episode starts (from ``np_random``): its evaluation episodes
+    can be played side by side with the same results as one after another."""
+    step_noise: str | None = None
+    """A context parameter that, above 0, makes every step draw random numbers (then ``random_only_at_reset``
+    no longer holds)."""
 
     def missing_package(self) -> str | None:
         """The pip command that installs what this family needs, when something is missing; else None."""
@@ -79,6 +85,15 @@ class EnvFamily:
             setattr(env, self.params[name].attribute or name, value)
         env.context = values
         return values
+
+    def draws_only_at_reset(self, env_id: str, context: Mapping[str, Any]) -> bool:
+        """Whether `env_id` with `context` draws its random numbers only when an episode starts."""
+        if not self.random_only_at_reset:
+            return False
+        if self.step_noise is None:
+            return True
+        values = {**self.resolve({}), **self.ids().get(env_id.split(":")[-1], {}), **context}
+        return not values.get(self.step_noise, 0.0) > 0
 
     def validate(self, context: Mapping[str, Any], where: str = "context") -> dict[str, float]:
         """Check names, types and ranges of context overrides; errors name the parameter and its range."""

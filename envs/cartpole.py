@@ -44,5 +44,6 @@ FAMILY = EnvFamily(
     },
     max_episode_steps=500,
     reward_threshold=475.0,
+    random_only_at_reset=True,
     doc="balance a pole on a cart (CartPole-v1 dynamics, 500 steps, solved at 475)",
 )

@@ -11,15 +11,15 @@ from typing import Any
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback, StopTrainingOnNoModelImprovement
-from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import HParam, TensorBoardOutputFormat
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
 from rltransfer.agents.freezing import save_model, unfreeze_agent
 from rltransfer.core.interrupt import stop_requested
 from rltransfer.core.io import write_json
 from rltransfer.core.layers import count_parameters
 from rltransfer.rl.checkpoints import save_agent_checkpoint
+from rltransfer.rl.episodes import EvaluationEpisodes
 
 
 class SaveBest(BaseCallback):
@@ -59,7 +59,8 @@ class EvaluateAndKeepBest(EvalCallback):
     training as soon as the mean evaluation return reaches it (never at step 0). A later evaluation that ties
     with the best replaces the kept model. With ``initial_is_candidate=False`` (training from scratch) the step-0
     evaluation only starts the curve: an untrained network is never the run's result. The curve (step, mean
-    return) is kept in ``curve`` and written to ``evaluations.json`` after each evaluation.
+    return) is kept in ``curve`` and written to ``evaluations.json`` after each evaluation. ``played`` plays
+    the episodes (one after another on `eval_env` unless given, e.g. side by side).
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class EvaluateAndKeepBest(EvalCallback):
         threshold: float | None,
         initial_is_candidate: bool = True,
         on_evaluation: OnEvaluation | None = None,
+        played: EvaluationEpisodes | None = None,
     ) -> None:
         self.save_best = SaveBest(run_dir / "best_model.zip", threshold)
         stop = None
@@ -99,6 +101,7 @@ class EvaluateAndKeepBest(EvalCallback):
         self.curve: list[dict[str, float]] = []
         self.stop_reason: str | None = None
         self.on_evaluation = on_evaluation
+        self.played = played or EvaluationEpisodes(eval_env, episodes=episodes, deterministic=deterministic)
         self._continue = True
 
     def state(self) -> dict[str, Any]:
@@ -113,6 +116,7 @@ class EvaluateAndKeepBest(EvalCallback):
             "stop_calls": stop.n_calls if stop is not None else 0,
             "no_improvement_evals": getattr(stop, "no_improvement_evals", 0),
             "last_best_mean_reward": float(getattr(stop, "last_best_mean_reward", -np.inf)),
+            "episodes": self.played.state(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -126,6 +130,7 @@ class EvaluateAndKeepBest(EvalCallback):
             self.callback.n_calls = state["stop_calls"]
             self.callback.no_improvement_evals = state["no_improvement_evals"]
             self.callback.last_best_mean_reward = state["last_best_mean_reward"]
+        self.played.load_state(state.get("episodes"))
 
     def _init_callback(self) -> None:
         # a single-process evaluation env beside subprocess training envs is intended
@@ -136,25 +141,9 @@ class EvaluateAndKeepBest(EvalCallback):
     def _on_training_start(self) -> None:
         if getattr(self, "resumed", False):
             return
-        if self.initial_is_candidate:
-            # n_calls is 0 here, so the parent's check evaluates: the zero-shot point, which may be the best
-            self._continue = self._evaluate_now()
-            return
-        # an untrained network is never kept as a run's result, but its score starts the curve
-        returns, lengths = evaluate_policy(
-            self.model,
-            self.eval_env,
-            n_eval_episodes=self.n_eval_episodes,
-            deterministic=self.deterministic,
-            return_episode_rewards=True,
-            warn=False,
-        )
-        self.logger.record("eval/mean_reward", float(np.mean(returns)))
-        self.logger.record("eval/mean_ep_length", float(np.mean(lengths)))
-        self.logger.dump(self.num_timesteps)
-        self.curve.append({"step": self.num_timesteps, "mean_return": float(np.mean(returns))})
-        write_json(self.run_dir / "evaluations.json", self.curve)
-        self._continue = self._ask_listener()
+        # n_calls is 0 here, so the step-0 evaluation runs: the zero-shot point, which may be the best; an
+        # untrained network (training from scratch) only starts the curve and is never kept as the result
+        self._continue = self._evaluate_now(candidate=self.initial_is_candidate)
 
     def _on_step(self) -> bool:
         if not self._continue:
@@ -162,18 +151,35 @@ class EvaluateAndKeepBest(EvalCallback):
         self._continue = self._evaluate_now()
         return self._continue
 
-    def _evaluate_now(self) -> bool:
-        evaluating = self.eval_freq > 0 and self.n_calls % self.eval_freq == 0
-        best_before = self.best_mean_reward
-        keep_going = super()._on_step()
-        if evaluating:
-            self.curve.append({"step": self.num_timesteps, "mean_return": self.last_mean_reward})
-            write_json(self.run_dir / "evaluations.json", self.curve)
-            keep_going = self._ask_listener() and keep_going
-            if self.best_mean_reward == best_before and self.last_mean_reward == best_before:
-                # a tie with the best goes to the later model (same score, more training); SB3's patience
-                # still counts it as no improvement
-                keep_going = self.save_best.on_step() and keep_going
+    def _evaluate_now(self, candidate: bool = True) -> bool:
+        """SB3's EvalCallback step (sync the observation scaling, play, log, keep the best, run the stopping
+        callback), with the episodes played by :class:`EvaluationEpisodes`."""
+        if not (self.eval_freq > 0 and self.n_calls % self.eval_freq == 0):
+            return True
+        if self.model.get_vec_normalize_env() is not None:
+            sync_envs_normalization(self.training_env, self.eval_env)
+        self._is_success_buffer = []
+        returns, lengths = self.played.play(self.model, self._log_success_callback)
+        mean_return = float(np.mean(returns))
+        self.last_mean_reward = mean_return
+        self.logger.record("eval/mean_reward", mean_return)
+        self.logger.record("eval/mean_ep_length", float(np.mean(lengths)))
+        if self._is_success_buffer:
+            self.logger.record("eval/success_rate", float(np.mean(self._is_success_buffer)))
+        self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+        self.logger.dump(self.num_timesteps)
+        self.curve.append({"step": self.num_timesteps, "mean_return": mean_return})
+        write_json(self.run_dir / "evaluations.json", self.curve)
+        keep_going = True
+        if candidate:
+            # a tie with the best goes to the later model (same score, more training); SB3's patience still
+            # counts it as no improvement
+            if mean_return >= self.best_mean_reward:
+                self.best_mean_reward = mean_return
+                keep_going = self.save_best.on_step()
+            if self.callback is not None:
+                keep_going = keep_going and self._on_event()
+        keep_going = self._ask_listener() and keep_going
         if not keep_going and self.stop_reason is None:
             if self.save_best.reached_threshold_at is not None:
                 self.stop_reason = f"threshold reached at step {self.save_best.reached_threshold_at}"

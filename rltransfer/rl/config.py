@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from rltransfer.agents.config import AgentConfig
 from rltransfer.core.config import NAME_PATTERN, Section, check_device
@@ -45,6 +45,12 @@ class EvalConfig(Section):
     """Episodes per evaluation."""
     deterministic: bool = True
     """Evaluate the greedy (deterministic) policy."""
+    envs: PositiveInt | Literal["auto"] = "auto"
+    """Episodes played side by side, one batched forward pass per step, starting where they would one after
+    another; possible for deterministic policies on games that draw random numbers only at reset (CartPole,
+    Acrobot without torque noise, MountainCar, Pendulum). ``auto``: all of an evaluation's episodes (at most 32)
+    where the returns are the same to the bit (discrete actions), else one after another; a number also plays
+    continuous actions side by side (returns equal to about 1e-6); 1: always one after another."""
     patience: int | None = Field(5, ge=1)
     """Stop when this many evaluations in a row bring no new best (null: never stop early)."""
     min_evals: int = Field(2, ge=0)

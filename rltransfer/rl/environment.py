@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 import rltransfer.envs  # noqa: F401  (registers the families)
@@ -69,12 +71,30 @@ def make_envs(env: EnvConfig, seed: int) -> tuple[VecEnv, VecEnv]:
         raise ConfigError(
             f"`env.context` {context} was rejected by {env.id}: {error}. Remove the unknown keys."
         ) from None
-    family = family_of(env.id)
-    eval_context = {**context, **(family.eval_context if family is not None else {})}
     eval_env = make_vec_env(
-        env.id, n_envs=1, seed=seed + EVAL_SEED_OFFSET, env_kwargs=eval_context, vec_env_cls=DummyVecEnv
+        env.id,
+        n_envs=1,
+        seed=seed + EVAL_SEED_OFFSET,
+        env_kwargs=evaluation_context(env),
+        vec_env_cls=DummyVecEnv,
     )
     return train_env, eval_env
+
+
+def evaluation_context(env: EnvConfig) -> dict[str, Any]:
+    """The run's context with the family's evaluation settings on top (e.g. unclipped Atari rewards)."""
+    family = family_of(env.id)
+    return {**check_env(env), **(family.eval_context if family is not None else {})}
+
+
+def evaluation_env_maker(env: EnvConfig) -> Callable[[], gym.Env]:
+    """Builds one env like the one inside the evaluation vector env of :func:`make_envs` (same game, context and
+    Monitor), for playing evaluation episodes side by side."""
+    return functools.partial(_monitored, env.id, evaluation_context(env))
+
+
+def _monitored(env_id: str, context: dict[str, Any]) -> gym.Env:
+    return Monitor(make_registered(env_id, **context))
 
 
 def make_registered(env_id: str, **kwargs: Any) -> gym.Env:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
@@ -53,7 +54,9 @@ from rltransfer.rl.callbacks import (
 )
 from rltransfer.rl.checkpoints import load_agent_checkpoint, read_agent_checkpoint
 from rltransfer.rl.config import RunConfig, TrainConfig
-from rltransfer.rl.environment import make_envs, reward_threshold
+from rltransfer.rl.environment import EVAL_SEED_OFFSET, evaluation_env_maker, make_envs, reward_threshold
+from rltransfer.rl.episodes import EvaluationEpisodes
+from rltransfer.rl.episodes import side_by_side as side_by_side_envs
 
 
 @dataclass
@@ -240,6 +243,24 @@ def _evaluation(
     transposed = is_vecenv_wrapped(model.get_env(), VecTransposeImage)
     if transposed and not is_vecenv_wrapped(eval_env, VecTransposeImage):
         eval_env = VecTransposeImage(eval_env)
+    side_by_side = 1
+    if not transposed:
+        side_by_side = side_by_side_envs(
+            config.env.id,
+            config.env.context,
+            config.eval.envs,
+            config.eval.episodes,
+            deterministic=config.eval.deterministic,
+            discrete_actions=isinstance(model.action_space, (spaces.Discrete, spaces.MultiDiscrete)),
+        )
+    played = EvaluationEpisodes(
+        eval_env,
+        episodes=config.eval.episodes,
+        deterministic=config.eval.deterministic,
+        side_by_side=side_by_side,
+        make_env=evaluation_env_maker(config.env) if side_by_side > 1 else None,
+        seed=config.seed + EVAL_SEED_OFFSET,
+    )
     return EvaluateAndKeepBest(
         eval_env,
         run_dir,
@@ -250,6 +271,7 @@ def _evaluation(
         min_evals=config.eval.min_evals,
         threshold=threshold_of(config),
         initial_is_candidate=kind != "train",
+        played=played,
     )
 
 
@@ -341,6 +363,7 @@ def _learn(
     finally:
         model.get_env().close()  # type: ignore[union-attr]
         evaluation.eval_env.close()
+        evaluation.played.close()
         model.logger.close()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, PositiveInt, field_validator
 
 from rltransfer.agents.config import AgentConfig
 from rltransfer.core.config import NAME_PATTERN, Section, check_device
@@ -68,6 +68,8 @@ class StudyEval(Section):
     every: int = Field(5000, ge=1)
     episodes: int = Field(10, ge=1)
     deterministic: bool = True
+    envs: PositiveInt | Literal["auto"] = "auto"
+    """Episodes played side by side (``eval.envs`` of a run)."""
 
 
 class StudyExecution(Section):

@@ -313,7 +313,11 @@ def _run_spec(
 
 
 def config_fingerprint(config: BaseModel | dict[str, Any]) -> str:
-    """A short digest of a run's settings without ``log_root`` (which follows the study directory)."""
+    """A short digest of a run's settings without ``log_root`` (which follows the study directory) and
+    ``eval.envs`` (how many evaluation episodes play at once changes how fast, never what they return)."""
     data = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
     data.pop("log_root", None)
+    evaluation = data.get("eval")
+    if isinstance(evaluation, dict) and "envs" in evaluation:
+        data["eval"] = {key: value for key, value in evaluation.items() if key != "envs"}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
