@@ -105,7 +105,10 @@ class RunConfig(Section):
         return data
 
     def check(self, origin: str) -> None:
+        from rltransfer.rl.episodes import check_side_by_side
+
         check_budget(self.budget, self.eval.every, origin)
+        check_side_by_side(self.env.id, self.env.context, self.eval.envs, self.eval.deterministic, origin)
 
 
 class TrainConfig(RunConfig):

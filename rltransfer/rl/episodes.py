@@ -44,6 +44,29 @@ def draws_only_at_reset(env_id: str, context: Mapping[str, Any]) -> bool:
     return env_id.split(":")[-1] in RESET_ONLY_IDS
 
 
+def check_side_by_side(
+    env_id: str, context: Mapping[str, Any], requested: int | str, deterministic: bool, origin: str
+) -> None:
+    """A number of side-by-side evaluation envs the game cannot honour is an error naming ``eval.envs``
+    (a config check: it runs before any run directory is made)."""
+    if requested == "auto" or int(requested) <= 1:
+        return
+    at_reset = draws_only_at_reset(env_id, context)
+    if at_reset and deterministic:
+        return
+    why = (
+        "a stochastic policy's actions depend on the order the episodes are played in"
+        if at_reset
+        else f"{env_id} draws random numbers while an episode runs, so its episodes depend on the order "
+        "they are played in"
+    )
+    raise ConfigError(
+        f"{origin}: `eval.envs: {requested}`: evaluation episodes can only be played side by side with the same "
+        "results as one after another when the game draws its random numbers at reset and the policy is "
+        f"deterministic; here {why}. Set `eval.envs: auto` (or 1)."
+    )
+
+
 def side_by_side(
     env_id: str,
     context: Mapping[str, Any],
@@ -54,27 +77,15 @@ def side_by_side(
     discrete_actions: bool,
 ) -> int:
     """How many envs an evaluation plays at once: ``eval.envs`` resolved (``auto``: every episode at once where
-    that gives the same returns to the bit, else 1); a number the game cannot honour is an error naming the key.
+    that gives the same returns to the bit, else 1; see :func:`check_side_by_side` for a number).
 
     Continuous actions come out of a batched forward pass with rounding differences in their last bits (the
     returns agree to about 1e-6), so ``auto`` plays them one after another; a number asks for it anyway."""
-    at_reset = draws_only_at_reset(env_id, context)
     if requested == "auto":
-        return min(episodes, MAX_SIDE_BY_SIDE) if at_reset and deterministic and discrete_actions else 1
-    count = int(requested)
-    if count > 1 and not (at_reset and deterministic):
-        why = (
-            "a stochastic policy's actions depend on the order the episodes are played in"
-            if at_reset
-            else f"{env_id} draws random numbers while an episode runs, so its episodes depend on the order "
-            "they are played in"
-        )
-        raise ConfigError(
-            f"`eval.envs: {count}`: evaluation episodes can only be played side by side with the same results "
-            f"as one after another when the game draws its random numbers at reset and the policy is "
-            f"deterministic; here {why}. Set `eval.envs: auto` (or 1)."
-        )
-    return min(count, episodes)
+        possible = draws_only_at_reset(env_id, context) and deterministic and discrete_actions
+        return min(episodes, MAX_SIDE_BY_SIDE) if possible else 1
+    check_side_by_side(env_id, context, requested, deterministic, "the run's config")
+    return min(int(requested), episodes)
 
 
 Success = Callable[[dict[str, Any], dict[str, Any]], None]

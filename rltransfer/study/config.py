@@ -137,7 +137,11 @@ class StudyConfig(Section):
     _positive_seeds = field_validator("seeds")(check_seeds)
 
     def check(self, origin: str) -> None:
+        from rltransfer.rl.episodes import check_side_by_side
+
         check_budget(self.budget, self.eval.every, origin)
+        for target in self.targets:
+            check_side_by_side(target.id, target.context, self.eval.envs, self.eval.deterministic, origin)
         self.execution.check(origin)
         if self.agent is not None:
             self.agent.check(origin)

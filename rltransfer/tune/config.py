@@ -153,7 +153,12 @@ class TuneConfig(Section):
         return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
 
     def check(self, origin: str) -> None:
+        from rltransfer.rl.episodes import check_side_by_side
+
         check_budget(self.budget, self.eval.every, origin)
+        check_side_by_side(
+            self.target.id, self.target.context, self.eval.envs, self.eval.deterministic, origin
+        )
         self.execution.check(origin)
         if self.agent is not None:
             self.agent.check(origin)
