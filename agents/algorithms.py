@@ -1,7 +1,9 @@
-"""The algorithms rltransfer builds, with SB3's own defaults, and PPO/A2C with consistent dropout."""
+"""The algorithms rltransfer builds, with SB3's own defaults; PPO/A2C with consistent dropout and a frozen
+trunk computed once per rollout."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,56 +12,61 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.buffers import RolloutBuffer
 
 from rltransfer.agents.dropout import MaskBank, dropout_layers
+from rltransfer.agents.trunk_cache import CachingRolloutBuffer, frozen_trunk
 
 
-class ConsistentDropoutRolloutBuffer(RolloutBuffer):
-    """RolloutBuffer that tells a :class:`MaskBank` which samples each minibatch holds."""
-
-    mask_bank: MaskBank | None = None
-
-    def _get_samples(self, batch_inds: np.ndarray, env=None):  # type: ignore[override]
-        if self.mask_bank is not None:
-            self.mask_bank.use(batch_inds)
-        return super()._get_samples(batch_inds, env)
-
-
-class _ConsistentDropoutMixin:
-    """Update with one dropout mask per rollout sample; see :mod:`rltransfer.agents.dropout`."""
+class _ConsistentUpdateMixin:
+    """Update with one dropout mask per rollout sample (see :mod:`rltransfer.agents.dropout`) and a frozen trunk's
+    outputs computed once per rollout (see :mod:`rltransfer.agents.trunk_cache`; ``cache_frozen_trunk = False``
+    on an agent turns that off)."""
 
     recompute_old_log_probs = True
+    consistent_dropout = True
+    cache_frozen_trunk = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("rollout_buffer_class", ConsistentDropoutRolloutBuffer)
+        kwargs.setdefault("rollout_buffer_class", CachingRolloutBuffer)
         super().__init__(*args, **kwargs)
 
     def _excluded_save_params(self) -> list[str]:
         # saved agents must load with plain SB3 (which then picks its default buffer)
-        return [*super()._excluded_save_params(), "rollout_buffer_class", "rollout_buffer_kwargs"]
+        excluded = [
+            "rollout_buffer_class",
+            "rollout_buffer_kwargs",
+            "cache_frozen_trunk",
+        ]  # speed, not results
+        return [*super()._excluded_save_params(), *excluded]
 
     def train(self) -> None:
-        layers = dropout_layers(self.policy)
         buffer = self.rollout_buffer
-        if not layers or not isinstance(buffer, ConsistentDropoutRolloutBuffer):
+        if not isinstance(buffer, CachingRolloutBuffer):  # a buffer class given by the user
             super().train()  # type: ignore[misc]
             return
-        with MaskBank(layers, buffer.buffer_size * buffer.n_envs, self.device) as bank:
-            if self.recompute_old_log_probs:
-                self._recompute_log_probs(bank)
-            buffer.mask_bank = bank
-            try:
+        trunk = frozen_trunk(self.policy) if self.cache_frozen_trunk else None
+        batch_size = getattr(self, "batch_size", None) or buffer.buffer_size * buffer.n_envs
+        layers = dropout_layers(self.policy) if self.consistent_dropout else []
+        with trunk.in_update(buffer, batch_size) if trunk else contextlib.nullcontext():
+            if not layers:
                 super().train()  # type: ignore[misc]
-            finally:
-                buffer.mask_bank = None
+                return
+            with MaskBank(layers, buffer.buffer_size * buffer.n_envs, self.device) as bank:
+                if self.recompute_old_log_probs:
+                    self._recompute_log_probs(bank)
+                buffer.mask_bank = bank
+                try:
+                    super().train()  # type: ignore[misc]
+                finally:
+                    buffer.mask_bank = None
 
     def _recompute_log_probs(self, bank: MaskBank) -> None:
         """Old log-probabilities of the stored actions under each sample's mask, before any gradient step."""
         buffer = self.rollout_buffer
         if buffer.generator_ready:
             raise RuntimeError("the rollout buffer was read before the update")
-        observations = buffer.swap_and_flatten(buffer.observations)
+        cached = buffer.trunk_features  # a frozen trunk's outputs stand in for the observations
+        observations = buffer.swap_and_flatten(buffer.observations) if cached is None else cached
         actions = buffer.swap_and_flatten(buffer.actions)
         total = len(observations)
         batch = self.batch_size or total
@@ -78,11 +85,11 @@ class _ConsistentDropoutMixin:
         buffer.log_probs = log_probs.reshape(buffer.n_envs, buffer.buffer_size).T.copy()
 
 
-class ConsistentPPO(_ConsistentDropoutMixin, PPO):
+class ConsistentPPO(_ConsistentUpdateMixin, PPO):
     """PPO whose dropout masks are the same for a sample's old and new log-probabilities."""
 
 
-class ConsistentA2C(_ConsistentDropoutMixin, A2C):
+class ConsistentA2C(_ConsistentUpdateMixin, A2C):
     """A2C whose dropout mask is fixed per rollout sample during the update."""
 
     recompute_old_log_probs = False  # A2C has no ratio: only the update's masks need fixing

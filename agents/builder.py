@@ -96,12 +96,14 @@ def build_agent(agent: AgentConfig, env: VecEnv, *, seed: int, device: str = "au
     lr = spec.default_lr if agent.optimizer.lr is None else agent.optimizer.lr
     schedule = linear_schedule(lr) if agent.optimizer.schedule == "linear" else constant_schedule(lr)
     consistent = agent.policy.consistent_dropout and agent.policy.dropout > 0
-    cls = spec.cls if consistent else spec.sb3_cls
-    if consistent and spec.on_policy and isinstance(env.observation_space, spaces.Dict):
+    dict_observations = isinstance(env.observation_space, spaces.Dict)
+    if consistent and spec.on_policy and dict_observations:
         raise ConfigError(
             "Consistent dropout supports array observations, not Dict ones; "
             "set `agent.policy.consistent_dropout: false` or `agent.policy.dropout: 0`."
         )
+    # PPO/A2C on array observations: consistent dropout masks and a frozen trunk computed once per rollout
+    cls = spec.sb3_cls if dict_observations else spec.cls
     try:
         model = cls(
             policy_name(env.observation_space),
@@ -119,6 +121,8 @@ def build_agent(agent: AgentConfig, env: VecEnv, *, seed: int, device: str = "au
             "Check `agent.hyperparams` and `agent.policy` in the config."
         ) from None
     add_dropout(model.policy, agent.policy.dropout)
+    if not consistent and hasattr(model, "consistent_dropout"):
+        model.consistent_dropout = False  # plain dropout: fresh masks in every minibatch
     rebuild_optimizers(model, l1=agent.optimizer.l1)
     return model
 

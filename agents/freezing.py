@@ -91,8 +91,9 @@ def rebuild_optimizers(model: BaseAlgorithm, l1: float | None = None, keep_state
         strength = l1_strength(old) if l1 is None else l1
         trainable = trainable_parameters(slot.parameters())
         if not trainable:
+            algorithm = type(model).__name__.removeprefix("Consistent")
             raise ConfigError(
-                f"Every parameter of the {slot.label} is frozen, but {type(model).__name__} trains the {slot.label} "
+                f"Every parameter of the {slot.label} is frozen, but {algorithm} trains the {slot.label} "
                 f"with its own optimizer: leave at least one {slot.label} layer trainable."
             )
         new = build_optimizer(trainable, policy.optimizer_class, lr, l1=strength, **policy.optimizer_kwargs)
