@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see for the names loaded on fir
     from rltransfer.rl.config import TrainConfig, TransferConfig
     from rltransfer.rl.evaluate import evaluate
     from rltransfer.rl.mapping import map_weights
+    from rltransfer.rl.select import select_source
     from rltransfer.rl.sources import load_source
     from rltransfer.rl.training import train
     from rltransfer.rl.transfer import transfer
@@ -68,6 +69,7 @@ _LAZY = {
     "run_study": "rltransfer.study.run",
     "run_tune": "rltransfer.tune.search",
     "evaluate": "rltransfer.rl.evaluate",
+    "select_source": "rltransfer.rl.select",
     "run_image": "rltransfer.vision.pipeline",
     "load_source": "rltransfer.rl.sources",
     "map_weights": "rltransfer.rl.mapping",
@@ -100,6 +102,7 @@ __all__ = [
     "run_study",
     "run_tune",
     "evaluate",
+    "select_source",
     "run_image",
     "load_source",
     "map_weights",

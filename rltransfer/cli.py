@@ -1,4 +1,5 @@
-"""``rltransfer train | transfer | study | tune | evaluate | image | layers | envs``: the command line over the Python API."""
+"""``rltransfer train | transfer | study | tune | evaluate | select | image | layers | envs``: the command line over
+the Python API."""
 
 from __future__ import annotations
 
@@ -155,6 +156,39 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="load with SB3's full loader (runs pickled code: trusted files only)",
     )
+    select = commands.add_parser(
+        "select",
+        help="rank candidate source agents on a target game and choose one (or recommend scratch)",
+        description="Rank candidate sources on a target game with a cheap probe: each becomes the target's agent "
+        "as a fine-tuning run would build it (what fits is copied), plays --episodes deterministic episodes "
+        "(after --finetune steps, if given) and is compared with a random policy on the same episodes. The best "
+        "source that beats random (paired sign-flip test at 5%%, Holm-corrected) is chosen; when none does, "
+        "learning from scratch is recommended.",
+    )
+    select.add_argument(
+        "sources", nargs="+", help="run directories, SB3 .zip files, hf:// addresses, or folders holding them"
+    )
+    select.add_argument(
+        "--env", required=True, help="the target game, e.g. rltransfer/CartPoleReversedForce-v1"
+    )
+    select.add_argument(
+        "--context",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a context parameter of the target game (repeatable), e.g. --context pole_length=0.3",
+    )
+    select.add_argument("--episodes", type=int, default=20, help="probe episodes per source (default: 20)")
+    select.add_argument(
+        "--finetune", type=int, default=0, metavar="STEPS", help="fine-tune each source this long first"
+    )
+    select.add_argument("--seed", type=int, default=0, help="seed of the probe (default: 0)")
+    select.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    select.add_argument("--out", metavar="FILE.json", help="also write the ranking to this JSON file")
+    select.add_argument(
+        "--trust-source",
+        action="store_true",
+        help="load with SB3's full loader (runs pickled code: trusted files only)",
+    )
     layers = commands.add_parser(
         "layers",
         help="list an agent's tensors: name, shape, parameter count",
@@ -189,6 +223,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "study": _study,
         "tune": _tune,
         "evaluate": _evaluate,
+        "select": _select,
     }
     return commands.get(args.command, _run)(args)
 
@@ -344,6 +379,34 @@ def _evaluate(args: argparse.Namespace) -> int:
         video_dir=args.video, device=args.device, trust=args.trust_source,
     )  # fmt: skip
     print(result.summary())
+    return 0
+
+
+def _select(args: argparse.Namespace) -> int:
+    from rltransfer.core.io import write_json
+    from rltransfer.rl.config import EnvConfig
+    from rltransfer.rl.select import select_source
+
+    context: dict[str, Any] = {}
+    for item in args.context or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--context {item!r} must look like KEY=VALUE, e.g. --context pole_length=0.3.")
+        context[key] = yaml.safe_load(value)
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be a non-negative integer, got {args.seed}.")
+    try:
+        env = EnvConfig(id=args.env, context=context)
+    except ValueError as error:
+        raise ConfigError(f"--env/--context: {error}") from None
+    selection = select_source(
+        args.sources, env, episodes=args.episodes, finetune_steps=args.finetune, seed=args.seed,
+        device=args.device, trust=args.trust_source,
+    )  # fmt: skip
+    print(selection.summary())
+    if args.out:
+        write_json(Path(args.out), selection.to_dict())
+        print(f"Ranking written to {args.out}")
     return 0
 
 

@@ -29,11 +29,34 @@ class StudySource(Section):
     config: str | None = None
     """A train config (YAML path or shipped name such as cartpole/source), trained once as the study's first run."""
     path: str | None = None
-    """An rltransfer run directory or an SB3 .zip."""
+    """An rltransfer run directory or an SB3 .zip; ``auto``: each target's source chosen from `candidates`."""
+    candidates: list[str] = Field(default_factory=list)
+    """With ``path: auto``: run directories, .zip files or folders holding them; each target gets the one its
+    probe ranks best among those that beat a random policy (as ``rltransfer select`` does)."""
+    probe_episodes: int = Field(20, ge=2)
+    """With ``path: auto``: deterministic episodes each candidate plays on each target."""
+    probe_finetune: int = Field(0, ge=0)
+    """With ``path: auto``: fine-tuning steps before the probe's episodes (0: zero-shot)."""
     seed: int = Field(0, ge=0)
     """Seed of the source training (every target run pairs with this one source)."""
     trust_source: bool = False
     """With ``path``: load it with SB3's full loader (runs pickled objects in the file; only for trusted files)."""
+
+    @property
+    def auto(self) -> bool:
+        return self.path == "auto"
+
+    def check(self, origin: str) -> None:
+        if self.auto and not self.candidates:
+            raise ConfigError(
+                f"{origin}: `source.path: auto` chooses each target's source from `source.candidates`, which is "
+                "empty. List run directories or .zip files there, e.g. candidates: [runs/a-source, runs/b-source]."
+            )
+        if self.candidates and not self.auto:
+            raise ConfigError(
+                f"{origin}: `source.candidates` only applies with `source.path: auto` (the study then chooses "
+                "each target's source among them). Set `source.path: auto` or remove `source.candidates`."
+            )
 
 
 class StudyTarget(Section):
@@ -140,6 +163,7 @@ class StudyConfig(Section):
         from rltransfer.rl.episodes import check_side_by_side
 
         check_budget(self.budget, self.eval.every, origin)
+        self.source.check(origin)
         for target in self.targets:
             check_side_by_side(target.id, target.context, self.eval.envs, self.eval.deterministic, origin)
         self.execution.check(origin)

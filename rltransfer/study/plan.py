@@ -26,6 +26,7 @@ from rltransfer.core.state import digest
 from rltransfer.rl.config import EnvConfig, TrainConfig
 from rltransfer.rl.environment import check_env, make_envs, reward_threshold
 from rltransfer.rl.mapping import map_weights
+from rltransfer.rl.select import SourceSelection
 from rltransfer.rl.sources import load_source, source_agent_config
 from rltransfer.study.config import StudyConfig, StudyStrategy, StudyTarget
 
@@ -68,6 +69,10 @@ class StudyPlan:
     strategies: dict[str, dict[str, Any]]
     runs: list[RunSpec] = field(default_factory=list)
     """Every run, in order: targets, then strategies, then seeds."""
+    selections: dict[str, SourceSelection] = field(default_factory=dict)
+    """With ``source.path: auto``: each target's ranking of the candidate sources, by target label."""
+    target_sources: dict[str, Path] = field(default_factory=dict)
+    """With ``source.path: auto``: the source each target's transfer runs start from, by target label."""
 
 
 def target_label(target: StudyTarget) -> str:
@@ -191,21 +196,71 @@ class StudySourceInfo:
 def plan_study(config: StudyConfig) -> StudyPlan:
     """Validate the whole study (source, targets, strategies, layer names, mappability) and list its runs."""
     study_dir = Path(config.log_root) / config.name
+    labels = [target_label(t) for t in config.targets]
+    if len(set(labels)) != len(labels):
+        raise ConfigError("`targets`: two targets share a label; give them distinct `label`s.")
+    strategies = _strategies(config)
+    if config.source.auto:
+        return _plan_with_chosen_sources(config, study_dir, labels, strategies)
     source = study_source(config, study_dir)
     # the agent every run builds, in full: study.yaml then resumes with exactly it
     config = config.model_copy(update={"agent": source.agent})
     n_envs = config.n_envs or (source.config.env.n_envs if source.config else 1)
-    strategies = _strategies(config)
-    labels = [target_label(t) for t in config.targets]
-    if len(set(labels)) != len(labels):
-        raise ConfigError("`targets`: two targets share a label; give them distinct `label`s.")
     plan = StudyPlan(config, study_dir, source.path, source.config, {}, {})
     for index, (target, label) in enumerate(zip(config.targets, labels, strict=True)):
         _plan_target(plan, source, strategies, f"targets.{index}", target, label, n_envs)
     return plan
 
 
+def _plan_with_chosen_sources(
+    config: StudyConfig, study_dir: Path, labels: list[str], strategies: dict[str, StudyStrategy | str]
+) -> StudyPlan:
+    """``source.path: auto``: each target's transfer runs start from the candidate its probe chooses, or, when
+    no candidate beats a random policy there, from the best-ranked one (the report says scratch was advised).
+    The probe is deterministic, so a resumed study chooses the same sources and finds its finished runs."""
+    from rltransfer.rl.select import candidate_sources, select_source
+
+    candidates = candidate_sources(config.source.candidates)
+    plan = StudyPlan(config, study_dir, None, None, {}, {})
+    for index, (target, label) in enumerate(zip(config.targets, labels, strict=True)):
+        where = f"targets.{index}"
+        env = EnvConfig(id=target.id, context=dict(target.context))
+        check_env(env, where)
+        print(f"Choosing the source for {label} among {len(candidates)} candidates...", flush=True)
+        selection = select_source(
+            candidates,
+            env,
+            episodes=config.source.probe_episodes,
+            finetune_steps=config.source.probe_finetune,
+            seed=config.source.seed,
+            device=config.device,
+            trust=config.source.trust_source,
+            agent=config.agent,
+        )
+        print(selection.summary(advice=False), flush=True)
+        probed = [candidate for candidate in selection.candidates if candidate.error is None]
+        if not probed:
+            raise TransferError(
+                f"`{where}` {target.id}: no candidate source could play it "
+                f"({'; '.join(f'{c.source}: {c.error}' for c in selection.candidates)})."
+            )
+        chosen = selection.chosen or probed[0]
+        loaded = load_source(chosen.source, trust=config.source.trust_source)
+        agent = inherit_agent(source_agent_config(loaded), config.agent, "study agent")
+        source = StudySourceInfo(loaded.path, None, loaded.state_dict, agent, digest(loaded.path)[:16])
+        plan.selections[label] = selection
+        plan.target_sources[label] = loaded.path
+        n_envs = config.n_envs or 1
+        _plan_target(plan, source, strategies, where, target, label, n_envs)
+    return plan
+
+
 def study_source(config: StudyConfig, study_dir: Path) -> StudySourceInfo:
+    if config.source.auto:
+        raise ConfigError(
+            "`source.path: auto` chooses a source per target, which only a study does; give this one `source.path` "
+            "(rank the candidates first with: rltransfer select CANDIDATES... --env TARGET)."
+        )
     if (config.source.config is None) == (config.source.path is None):
         raise ConfigError(
             "`source` needs exactly one of `config` (a train config to run first) or `path` (an agent)."

@@ -227,7 +227,7 @@ def _markdown(plan: StudyPlan, report: StudyReport) -> str:
     lines = [
         f"# Transfer study `{config.name}`",
         "",
-        f"Source: {plan.source_path or plan.study_dir / 'source'}; {config.budget:,} steps per run, evaluation every "
+        f"Source: {_source_line(plan)}; {config.budget:,} steps per run, evaluation every "
         f"{config.eval.every:,} steps on {config.eval.episodes} episodes"
         f"{' (deterministic)' if config.eval.deterministic else ''}; seeds {config.seed_list()}.",
         f"Reproduce: {_command()} (the resolved config is in report.json).",
@@ -249,6 +249,8 @@ def _markdown(plan: StudyPlan, report: StudyReport) -> str:
     ]
     for target, by_strategy in report.metrics.items():
         lines += [f"## {target} (threshold {plan.thresholds[target]:g})", ""]
+        if target in plan.selections:
+            lines += [*_selection_lines(plan, target), ""]
         rows = _rows(by_strategy, report.verdicts[target], report.scratch.get(target, {}))
         note = interval_note(by_strategy)
         lines += [note[0].upper() + note[1:] + ".", ""]
@@ -327,11 +329,54 @@ def _describe_strategy(spec: dict[str, Any]) -> str:
     return "; ".join(parts) or "every layer that fits copied, all trained"
 
 
+def _source_line(plan: StudyPlan) -> str:
+    if plan.config.source.auto:
+        return f"chosen per target among {len(plan.config.source.candidates)} candidates (below, per target)"
+    return str(plan.source_path or plan.study_dir / "source")
+
+
+def _selection_lines(plan: StudyPlan, target: str) -> list[str]:
+    """How a target's source was chosen: the probe's ranking, and what it advised."""
+    selection = plan.selections[target]
+    probe = (
+        "zero-shot"
+        if not selection.finetune_steps
+        else f"after {selection.finetune_steps:,} fine-tuning steps"
+    )
+    lines = [
+        f"Source: {plan.target_sources[target]}, chosen by a probe ({probe}, {selection.episodes} episodes against "
+        f"a random policy's {selection.random_mean:.1f}; paired sign-flip test at 5%, Holm-corrected):",
+        "",
+        "| candidate | mean return | p against random (Holm) | beats random |",
+        "|---|---|---|---|",
+    ]
+    for candidate in selection.candidates:
+        if candidate.error is not None:
+            lines.append(f"| {candidate.source} | - | - | not probed: {candidate.error} |")
+        else:
+            lines.append(
+                f"| {candidate.source} | {candidate.mean_return:.1f} | {candidate.p_value:.3f} | "
+                f"{'yes' if candidate.beats_random else 'no'} |"
+            )
+    if selection.chosen is None:
+        lines += [
+            "",
+            "No candidate beat a random policy here, so the probe advised learning from scratch; the transfer "
+            "runs start from the best-ranked candidate so that the table shows whether that advice was right.",
+        ]
+    return lines
+
+
 def _json(plan: StudyPlan, report: StudyReport, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {
         "config": plan.config.model_dump(mode="json"),
         "versions": versions(),
-        "source": str(plan.source_path or plan.study_dir / "source"),
+        "source": (
+            {target: str(path) for target, path in plan.target_sources.items()}
+            if plan.config.source.auto
+            else str(plan.source_path or plan.study_dir / "source")
+        ),
+        "selections": {target: selection.to_dict() for target, selection in plan.selections.items()},
         "thresholds": plan.thresholds,
         "strategies": plan.strategies,
         "metrics": {t: {s: m.as_dict() for s, m in by.items()} for t, by in report.metrics.items()},
