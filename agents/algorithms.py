@@ -14,6 +14,7 @@ from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from rltransfer.agents.dropout import MaskBank, dropout_layers
+from rltransfer.agents.kickstart import Kickstart
 from rltransfer.agents.trunk_cache import CachingRolloutBuffer, frozen_trunk
 
 
@@ -25,18 +26,16 @@ class _ConsistentUpdateMixin:
     recompute_old_log_probs = True
     consistent_dropout = True
     cache_frozen_trunk = True
+    kickstart: Kickstart | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("rollout_buffer_class", CachingRolloutBuffer)
         super().__init__(*args, **kwargs)
 
     def _excluded_save_params(self) -> list[str]:
-        # saved agents must load with plain SB3 (which then picks its default buffer)
-        excluded = [
-            "rollout_buffer_class",
-            "rollout_buffer_kwargs",
-            "cache_frozen_trunk",
-        ]  # speed, not results
+        # saved agents load with plain SB3 (which picks its default buffer); the trunk cache changes speed, not
+        # results; the kickstart teacher is the source, rebuilt from it by the transfer that attaches it
+        excluded = ["rollout_buffer_class", "rollout_buffer_kwargs", "cache_frozen_trunk", "kickstart"]
         return [*super()._excluded_save_params(), *excluded]
 
     def train(self) -> None:
@@ -47,7 +46,8 @@ class _ConsistentUpdateMixin:
         trunk = frozen_trunk(self.policy) if self.cache_frozen_trunk else None
         batch_size = getattr(self, "batch_size", None) or buffer.buffer_size * buffer.n_envs
         layers = dropout_layers(self.policy) if self.consistent_dropout else []
-        with trunk.in_update(buffer, batch_size) if trunk else contextlib.nullcontext():
+        kickstart = self.kickstart.in_update(self) if self.kickstart is not None else contextlib.nullcontext()
+        with kickstart, trunk.in_update(buffer, batch_size) if trunk else contextlib.nullcontext():
             if not layers:
                 super().train()  # type: ignore[misc]
                 return
@@ -85,6 +85,22 @@ class _ConsistentUpdateMixin:
         buffer.log_probs = log_probs.reshape(buffer.n_envs, buffer.buffer_size).T.copy()
 
 
+class TransferDQN(DQN):
+    """SB3's DQN that can be kickstarted from a source's Q-values (see :mod:`rltransfer.agents.kickstart`)."""
+
+    kickstart: Kickstart | None = None
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "kickstart"]
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        if self.kickstart is None:
+            super().train(gradient_steps, batch_size)
+            return
+        with self.kickstart.in_update(self):
+            super().train(gradient_steps, batch_size)
+
+
 class ConsistentPPO(_ConsistentUpdateMixin, PPO):
     """PPO whose dropout masks are the same for a sample's old and new log-probabilities."""
 
@@ -120,7 +136,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
     "a2c": AlgorithmSpec(
         ConsistentA2C, A2C, 7e-4, "rmsprop", {"alpha": 0.99, "eps": 1e-5, "weight_decay": 0.0}
     ),
-    "dqn": AlgorithmSpec(DQN, DQN, 1e-4, "adam", {}, (spaces.Discrete,), on_policy=False),
+    "dqn": AlgorithmSpec(TransferDQN, DQN, 1e-4, "adam", {}, (spaces.Discrete,), on_policy=False),
     "sac": AlgorithmSpec(SAC, SAC, 3e-4, "adam", {}, (spaces.Box,), on_policy=False),
     "td3": AlgorithmSpec(TD3, TD3, 1e-3, "adam", {}, (spaces.Box,), on_policy=False),
 }

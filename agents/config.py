@@ -70,6 +70,19 @@ class OptimizerConfig(Section):
     """SGD/RMSprop momentum."""
 
 
+class KickstartConfig(Section):
+    """Kickstarting (transfers): a distillation loss toward the source's policy whose weight decays to zero."""
+
+    weight: float = Field(0.0, ge=0.0)
+    """The loss weight at the start of fine-tuning; 0 turns kickstarting off."""
+    steps: int | None = Field(None, ge=1)
+    """Environment steps over which the weight goes to zero; null: the transfer's budget."""
+    schedule: Literal["linear", "constant"] = "linear"
+    """``linear``: from `weight` down to 0 at `steps`; ``constant``: `weight` until `steps`, then 0."""
+    temperature: float = Field(0.01, gt=0.0)
+    """DQN: the softmax temperature that turns Q-values into the distributions compared (Rusu et al., 2016)."""
+
+
 class AgentConfig(Section):
     """The learning algorithm, its hyperparameters, its network and its optimizer."""
 
@@ -79,9 +92,19 @@ class AgentConfig(Section):
     """Keyword arguments of the SB3 algorithm (n_steps, batch_size, gamma, ...)."""
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    kickstart: KickstartConfig = Field(default_factory=KickstartConfig)
+    """Transfers with PPO, A2C or DQN: distil the source's policy while fine-tuning (Schmitt et al., 2018)."""
 
     def check(self, origin: str) -> None:
         check_hyperparams(self, origin)
+        if self.kickstart.weight > 0:
+            from rltransfer.agents.kickstart import KICKSTART_ALGOS
+
+            if self.algo not in KICKSTART_ALGOS:
+                raise ConfigError(
+                    f"{origin}: `agent.kickstart` distils the source's policy in PPO, A2C and DQN updates, not "
+                    f"{self.algo.upper()}. Use one of those, or set `agent.kickstart.weight: 0`."
+                )
 
 
 _REDIRECTS = {

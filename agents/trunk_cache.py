@@ -140,12 +140,15 @@ def frozen_trunk(policy: nn.Module) -> FrozenTrunk | None:
 
 class CachingRolloutBuffer(RolloutBuffer):
     """RolloutBuffer whose minibatches can carry a frozen trunk's cached outputs in place of the observations,
-    and tell a :class:`~rltransfer.agents.dropout.MaskBank` which samples they hold."""
+    and that tells a :class:`~rltransfer.agents.dropout.MaskBank` (and kickstarting) which samples they hold."""
 
     trunk_features: np.ndarray | None = None
     mask_bank = None
+    current_indices: np.ndarray | None = None
+    """The flat sample indices of the minibatch handed out last (kickstarting reads the source's outputs there)."""
 
     def _get_samples(self, batch_inds: np.ndarray, env=None):  # type: ignore[override]
+        self.current_indices = batch_inds
         if self.mask_bank is not None:
             self.mask_bank.use(batch_inds)
         if self.trunk_features is None:

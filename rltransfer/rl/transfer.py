@@ -17,6 +17,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from rltransfer.agents.builder import build_agent
 from rltransfer.agents.config import AgentConfig, inherit_agent
 from rltransfer.agents.freezing import decay_toward_source, freeze_agent, is_target_copy, layer_copies
+from rltransfer.agents.kickstart import kickstart_from
 from rltransfer.core.config import coerce_config
 from rltransfer.core.device import resolve_device
 from rltransfer.core.errors import ConfigError, LayerSelectionError, TransferError, short_list
@@ -163,6 +164,8 @@ def _transfer_stage(
     mapping = _map_and_freeze(model, source, agent, config, first)
     if agent.optimizer.decay_to == "source":  # L2-SP: anchored at the weights just copied from the source
         decay_toward_source(model, list(mapping.copied), agent.optimizer.weight_decay)
+    if agent.kickstart.weight > 0:  # distil the source's policy, on the target's states, while fine-tuning
+        model.kickstart = kickstart_from(model, agent, source.state_dict, source.path, config.budget)
     table = mapping.format()
     if verbose:
         print(f"Transfer from {source.path} to {config.env.id}:\n{table}", flush=True)

@@ -175,6 +175,11 @@ class StudyConfig(Section):
                     "has no source. Give it to a strategy: {name: l2sp, agent: {optimizer: {decay_to: source, "
                     "weight_decay: 0.01}}}."
                 )
+            if self.agent.kickstart.weight > 0:
+                raise ConfigError(
+                    f"{origin}: `agent.kickstart` in the study's agent would reach scratch, which has no source. "
+                    "Give it to a strategy: {name: kickstart, agent: {kickstart: {weight: 1.0}}}."
+                )
 
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)

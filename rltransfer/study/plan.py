@@ -368,10 +368,15 @@ def _run_spec(
 
 
 def config_fingerprint(config: BaseModel | dict[str, Any]) -> str:
-    """A short digest of a run's settings without ``log_root`` (which follows the study directory) and
-    ``eval.envs`` (how many evaluation episodes play at once changes how fast, never what they return)."""
+    """A short digest of a run's settings without ``log_root`` (which follows the study directory),
+    ``eval.envs`` (how many evaluation episodes play at once changes how fast, never what they return) and
+    ``agent.kickstart`` when it is off."""
     data = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
     data.pop("log_root", None)
+    agent = data.get("agent")
+    if isinstance(agent, dict) and not (agent.get("kickstart") or {}).get("weight"):
+        # kickstarting off is what every run did before the setting existed: their stored results stay valid
+        data["agent"] = {key: value for key, value in agent.items() if key != "kickstart"}
     evaluation = data.get("eval")
     if isinstance(evaluation, dict) and "envs" in evaluation:
         data["eval"] = {key: value for key, value in evaluation.items() if key != "envs"}
