@@ -16,6 +16,7 @@ pytest.importorskip("torchvision", reason="the vision extra is part of the test 
 
 from PIL import Image  # noqa: E402
 
+from rltransfer.core.errors import ConfigError  # noqa: E402
 from rltransfer.vision import cache as cache_module  # noqa: E402
 from rltransfer.vision.cache import FeatureCache  # noqa: E402
 from rltransfer.vision.config import DataConfig, ImageConfig, StageConfig, TrainingConfig  # noqa: E402
@@ -537,3 +538,79 @@ def test_a_timm_model_runs_the_same_stages_cache_report_and_predict(tmp_path: Pa
     model, spec = load_classifier(result.transfer.model_dir)
     assert spec.arch == "timm/test_resnet" and spec.head == "fc"
     assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 3)
+
+
+def test_image_l2sp_pulls_toward_the_start_weights_and_is_exactly_zero_there() -> None:
+    """`training.decay_to: source`: the penalty's gradient is exactly zero at the anchored weights; unanchored
+    weight matrices (a new head) get plain L2, and the optimizer's own weight decay is off."""
+    from rltransfer.vision.stages import build_stage_optimizer
+
+    model, spec = small_model()
+    anchors = {
+        k: p.detach().clone() for k, p in model.named_parameters() if not k.startswith(f"{spec.head}.")
+    }
+    stage = StageConfig(name="all", train=["*"], epochs=1, lr=0.1)
+    training = TrainingConfig(optimizer="sgd", weight_decay=0.5, decay_to="source")
+    optimizer = build_stage_optimizer(model, stage, training, [spec.head], anchors)
+    assert all(group["weight_decay"] == 0.0 for group in optimizer.param_groups)
+    head_before = {
+        k: p.detach().clone() for k, p in model.named_parameters() if k.startswith(f"{spec.head}.")
+    }
+    for param in model.parameters():
+        param.grad = torch.zeros_like(param)
+    optimizer.step()
+    for key, param in model.named_parameters():
+        if key in anchors:
+            assert torch.equal(param, anchors[key]), key  # at the source: no pull at all
+        elif param.dim() > 1:
+            torch.testing.assert_close(param, head_before[key] * (1 - 0.1 * 0.5))  # plain L2 on the new head
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            if key in anchors:
+                param.add_(1.0)
+    for param in model.parameters():
+        param.grad = torch.zeros_like(param)
+    optimizer.step()  # away from the source: pulled back by lr * strength * (w - w_source)
+    for key, param in model.named_parameters():
+        if key in anchors:
+            torch.testing.assert_close(param, anchors[key] + 1.0 - 0.1 * 0.5 * 1.0)
+
+
+def test_image_l2sp_runs_the_transfer_phase_and_needs_something_to_decay_toward(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rltransfer.vision import trainer as trainer_module
+
+    built, anchored = trainer_module.build_stage_optimizer, []
+
+    def spy(model, stage, training, heads, anchors=None):
+        anchored.append((stage.name, None if anchors is None else sorted(anchors)))
+        return built(model, stage, training, heads, anchors)
+
+    monkeypatch.setattr(trainer_module, "build_stage_optimizer", spy)
+    config = tiny_digits_config(
+        tmp_path,
+        **{
+            "training.decay_to": "source",
+            "training.weight_decay": 0.01,
+            "training.center_loss": 0.0,
+            "source.stages": [{"name": "source", "train": ["*"], "epochs": 1}],
+            "stages": [{"name": "finetune", "train": ["*"], "epochs": 1}],
+            "baseline.enabled": False,
+        },
+    )
+    result = run_image(config, progress=False, log=lambda *_: None)
+    assert result.transferred and result.transfer.stages[0].name == "finetune"
+    (source_stage, source_anchors), (transfer_stage, transfer_anchors) = anchored
+    assert (source_stage, source_anchors) == ("source", None)  # the source phase: plain L2
+    assert (
+        transfer_stage == "finetune" and transfer_anchors
+    )  # the transfer phase: anchored at its start weights
+    head = small_model()[1].head  # the digits config's small CNN
+    assert not any(name.startswith(f"{head}.") for name in transfer_anchors)  # the new head: plain L2
+    assert any(name.startswith("features.") for name in transfer_anchors)
+    with pytest.raises(ConfigError, match="starts from random weights"):
+        run_image(
+            config.model_copy(update={"source": None, "name": "random"}), progress=False, log=lambda *_: 0
+        )
+    assert not (tmp_path / "runs" / "random").exists()

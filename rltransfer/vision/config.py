@@ -140,7 +140,11 @@ class TrainingConfig(Section):
 
     optimizer: OptimizerName = "adamw"
     weight_decay: float = Field(0.0, ge=0.0)
-    """L2 penalty (decoupled for AdamW)."""
+    """L2 penalty (decoupled for AdamW); with ``decay_to: source``, the L2-SP strength."""
+    decay_to: Literal["zero", "source"] = "zero"
+    """``source``: in the transfer phase, weight decay pulls every weight the network started from (the source
+    phase's, the pretrained or the given ones) toward those values instead of toward zero (L2-SP); the new heads
+    and the source and scratch phases keep plain L2 of the same strength."""
     l1: float = Field(0.0, ge=0.0)
     """L1 penalty on weight matrices."""
     momentum: float | None = Field(None, ge=0.0)

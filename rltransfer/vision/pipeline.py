@@ -125,6 +125,13 @@ def run_image(
         )
     else:
         config = coerce_config(config, ImageConfig)
+    starts_random = config.source is None and config.model.weights is None and model is None
+    if config.training.decay_to == "source" and starts_random:
+        raise ConfigError(
+            "`training.decay_to: source` pulls the transferred weights toward the ones the network started "
+            "from, but this run starts from random weights (no `source`, no `model.weights`, no module of "
+            "your own). Give one of those, or set `training.decay_to: zero`."
+        )
     device = resolve_device(config.device)
     target = load_task(config.data, config.model.arch, config.seed, "data")
     source_task = (
@@ -355,6 +362,14 @@ def _phase(
     """Train one network through its stages, score it on the test (else validation) set, save it."""
     config, run_dir = context.config, context.run_dir
     model, spec, weights = network
+    anchors = None
+    if name == "transfer" and config.training.decay_to == "source":  # L2-SP toward the weights it starts from
+        heads = tuple(f"{head}." for head in (spec.head, *spec.aux_heads))
+        anchors = {
+            key: param.detach().clone()
+            for key, param in model.named_parameters()
+            if not key.startswith(heads)
+        }
     writer = SummaryWriter(str(run_dir / name))
     trainer = Trainer(
         model=model, heads=[spec.head, *spec.aux_heads], num_classes=spec.num_classes, training=config.training,
@@ -362,7 +377,7 @@ def _phase(
         cache_mode=config.cache, cache=context.cache, augmenting=data.augment.active(),
         frozen_batchnorm=config.model.frozen_batchnorm, writer=writer, seed=config.seed, progress=context.progress,
         label=name, log=context.log, checkpoint=lambda state: _write_checkpoint(context, name, state),
-        checkpoint_seconds=config.checkpoint_seconds,
+        checkpoint_seconds=config.checkpoint_seconds, anchors=anchors,
     )  # fmt: skip
     try:
         results = trainer.run_stages(stages, task.train, task.val, resume)

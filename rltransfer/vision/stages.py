@@ -18,7 +18,7 @@ from rltransfer.core.layers import (
     unfreeze,
     unpin_eval,
 )
-from rltransfer.core.optim import L1Penalty, optimizer_class
+from rltransfer.core.optim import L1Penalty, SourcePenalty, optimizer_class
 from rltransfer.vision.config import StageConfig, TrainingConfig
 
 HEAD = "head"
@@ -139,10 +139,15 @@ def _outside(model: nn.Module, chosen: list[str]) -> list[str]:
 
 
 def build_stage_optimizer(
-    model: nn.Module, stage: StageConfig, training: TrainingConfig, heads: list[str]
+    model: nn.Module,
+    stage: StageConfig,
+    training: TrainingConfig,
+    heads: list[str],
+    anchors: dict[str, torch.Tensor] | None = None,
 ) -> torch.optim.Optimizer:
     """One named parameter group per ``lr_groups`` entry (in config order), then ``default`` at the stage's rate:
-    a fixed layout, so schedulers and saved optimizer states line up."""
+    a fixed layout, so schedulers and saved optimizer states line up. With `anchors` (parameter name -> the value
+    it started from), weight decay pulls those parameters toward their anchors (L2-SP) and the rest toward 0."""
     assigned: set[int] = set()
     groups: list[dict[str, Any]] = []
     for selector, lr in stage.lr_groups.items():
@@ -164,7 +169,8 @@ def build_stage_optimizer(
         groups.append({"params": rest, "lr": stage.lr, "name": "default"})
     if not groups:
         raise ConfigError(f"stage `{stage.name}`: every parameter is frozen; name layers in `train`.")
-    kwargs: dict[str, Any] = {"lr": stage.lr, "weight_decay": training.weight_decay}
+    decay = 0.0 if anchors is not None else training.weight_decay  # L2-SP: the penalty hook applies it
+    kwargs: dict[str, Any] = {"lr": stage.lr, "weight_decay": decay}
     if training.momentum is not None:
         if training.optimizer not in ("sgd", "rmsprop"):
             raise ConfigError("`training.momentum` applies to sgd and rmsprop only.")
@@ -172,6 +178,9 @@ def build_stage_optimizer(
     optimizer = optimizer_class(training.optimizer)(groups, **kwargs)
     if training.l1 > 0:
         optimizer.register_step_pre_hook(L1Penalty(training.l1))
+    if anchors is not None:
+        pairs = [(param, anchors[name]) for name, param in model.named_parameters() if name in anchors]
+        optimizer.register_step_pre_hook(SourcePenalty(pairs, training.weight_decay, training.weight_decay))
     return optimizer
 
 

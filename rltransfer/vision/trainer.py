@@ -85,6 +85,8 @@ class Trainer:
     label: str = "train"
     """Name of this network in progress bars and messages (source, transfer, scratch)."""
     log: Callable[[str], None] = print
+    anchors: dict[str, torch.Tensor] | None = None
+    """L2-SP: parameter name -> the value weight decay pulls it toward (the weights this network started from)."""
 
     def __post_init__(self) -> None:
         self.model.to(self.device)
@@ -141,7 +143,7 @@ class Trainer:
     def _begin(self, stage: StageConfig, index: int, done: list[StageResult]) -> _Stage:
         trainable = configure_stage(self.model, stage.train, self.heads, self.frozen_batchnorm)
         counts = count_parameters(self.model)
-        optimizer = build_stage_optimizer(self.model, stage, self.training, self.heads)
+        optimizer = build_stage_optimizer(self.model, stage, self.training, self.heads, self.anchors)
         return _Stage(
             stage, index, done, trainable, counts, optimizer, build_scheduler(optimizer, stage),
             self.loop.center_optimizer(), Monitor(stage.monitor, stage.patience),
