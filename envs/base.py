@@ -13,6 +13,7 @@ from typing import Any
 import gymnasium as gym
 
 from rltransfer.core.errors import ConfigError, did_you_mean
+from rltransfer.envs.context import ContextDistribution, is_distribution, parse_distribution
 
 NAMESPACE = "rltransfer"
 
@@ -54,6 +55,9 @@ class EnvFamily:
     step_noise: str | None = None
     """A context parameter that, above 0, makes every step draw random numbers (then ``random_only_at_reset``
     no longer holds)."""
+    resample_context: bool = False
+    """Its game reads the context parameters at every step, so they can be drawn anew at every episode
+    (``{uniform: [low, high]}`` or a list, :mod:`rltransfer.envs.context`)."""
 
     def missing_package(self) -> str | None:
         """The pip command that installs what this family needs, when something is missing; else None."""
@@ -93,18 +97,50 @@ class EnvFamily:
         if self.step_noise is None:
             return True
         values = {**self.resolve({}), **self.ids().get(env_id.split(":")[-1], {}), **context}
-        return not values.get(self.step_noise, 0.0) > 0
+        noise = values.get(self.step_noise, 0.0)
+        if is_distribution(noise):  # drawn per episode: noisy when it can be above 0
+            return not self.distributions({self.step_noise: noise})[self.step_noise].bounds[1] > 0
+        return not noise > 0
+
+    def distributions(
+        self, context: Mapping[str, Any], where: str = "context"
+    ) -> dict[str, ContextDistribution]:
+        """The parameters drawn anew at every episode, checked (names, forms, ranges)."""
+        drawn = {}
+        for key, value in context.items():
+            if not is_distribution(value):
+                continue
+            spec = self._spec(key, where)
+            if not self.resample_context:
+                raise ConfigError(
+                    f"`{where}.{key}` is drawn per episode, which the {self.name} family does not support (only "
+                    f"{', '.join(name for name, f in FAMILIES.items() if f.resample_context)} do). Give a number."
+                )
+            drawn[key] = parse_distribution(value, f"{where}.{key}", spec.low, spec.high)
+        return drawn
+
+    def attributes(self) -> dict[str, str]:
+        """The game attribute each parameter is set on."""
+        return {name: spec.attribute or name for name, spec in self.params.items()}
+
+    def _spec(self, key: str, where: str) -> ContextParam:
+        spec = self.params.get(key)
+        if spec is None:
+            raise ConfigError(
+                f"`{where}.{key}` is not a parameter of the {self.name} family{did_you_mean(key, self.params)}. "
+                f"Its parameters are: {', '.join(self.params)}."
+            )
+        return spec
 
     def validate(self, context: Mapping[str, Any], where: str = "context") -> dict[str, float]:
-        """Check names, types and ranges of context overrides; errors name the parameter and its range."""
+        """Check names, types and ranges of context overrides; errors name the parameter and its range. Returns
+        the fixed values; parameters drawn per episode are checked here and left out (see :meth:`distributions`)."""
         checked = {}
+        self.distributions(context, where)
         for key, value in context.items():
-            spec = self.params.get(key)
-            if spec is None:
-                raise ConfigError(
-                    f"`{where}.{key}` is not a parameter of the {self.name} family{did_you_mean(key, self.params)}. "
-                    f"Its parameters are: {', '.join(self.params)}."
-                )
+            spec = self._spec(key, where)
+            if is_distribution(value):
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"`{where}.{key}` must be a number, got {value!r}.")
             if not spec.low <= value <= spec.high:

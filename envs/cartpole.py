@@ -26,6 +26,10 @@ class CartPoleContextEnv(CartPoleEnv):
     def __init__(self, render_mode: str | None = None, **context: Any) -> None:
         super().__init__(render_mode=render_mode)
         FAMILY.apply(self, context)
+        self.refresh_context()
+
+    def refresh_context(self) -> None:
+        """Recompute the constants gymnasium derives from the masses and the pole's length."""
         self.total_mass = self.masspole + self.masscart
         self.polemass_length = self.masspole * self.length
 
@@ -45,5 +49,6 @@ FAMILY = EnvFamily(
     max_episode_steps=500,
     reward_threshold=475.0,
     random_only_at_reset=True,
+    resample_context=True,
     doc="balance a pole on a cart (CartPole-v1 dynamics, 500 steps, solved at 475)",
 )

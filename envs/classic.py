@@ -39,6 +39,7 @@ MOUNTAIN_CAR = EnvFamily(
     max_episode_steps=200,
     reward_threshold=-110.0,
     random_only_at_reset=True,
+    resample_context=True,
     doc="drive an underpowered car up a hill (MountainCar-v0 dynamics, 200 steps, solved at -110)",
 )
 
@@ -80,6 +81,7 @@ ACROBOT = EnvFamily(
     max_episode_steps=500,
     reward_threshold=-100.0,
     random_only_at_reset=True,
+    resample_context=True,
     step_noise="torque_noise_max",
     doc="swing a two-link arm above a line (Acrobot-v1 dynamics, 500 steps, solved at -100)",
 )
@@ -113,5 +115,6 @@ PENDULUM = EnvFamily(
     max_episode_steps=200,
     reward_threshold=None,
     random_only_at_reset=True,
+    resample_context=True,
     doc="swing a pendulum up and hold it (Pendulum-v1 dynamics, continuous torque, 200 steps; SAC/TD3)",
 )

@@ -26,7 +26,11 @@ class EnvConfig(Section):
     id: str
     """Gymnasium environment id."""
     context: dict[str, Any] = Field(default_factory=dict)
-    """Context overrides for rltransfer families (e.g. ``pole_length: 2.0``); for other envs, gym.make kwargs."""
+    """Context overrides for rltransfer families (e.g. ``pole_length: 2.0``); for other envs, gym.make kwargs.
+    CartPole, MountainCar, Acrobot and Pendulum also take a parameter drawn anew at every episode:
+    ``{uniform: [low, high]}`` or a list of values to choose from."""
+    observe_context: bool = False
+    """Append the context parameters drawn per episode to the observation (flat observations)."""
     n_envs: int = Field(8, ge=1)
     """Parallel training environments."""
     vec: Literal["auto", "dummy", "subproc"] = "auto"

@@ -16,6 +16,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 import rltransfer.envs  # noqa: F401  (registers the families)
 from rltransfer.core.errors import ConfigError, did_you_mean
 from rltransfer.envs.base import family_of
+from rltransfer.envs.context import ContextSampling
 from rltransfer.rl.config import EnvConfig
 
 EVAL_SEED_OFFSET = 10_000
@@ -59,14 +60,34 @@ def check_env(env: EnvConfig, where: str = "env") -> dict[str, Any]:
     return family.validate(env.context, f"{where}.context")
 
 
+def context_wrapper(env: EnvConfig, where: str = "env") -> dict[str, Any]:
+    """``make_vec_env`` arguments that draw the context parameters given as distributions anew at every episode
+    (empty when every parameter is fixed)."""
+    family = family_of(env.id)
+    drawn = family.distributions(env.context, f"{where}.context") if family is not None else {}
+    if not drawn:
+        if env.observe_context:
+            raise ConfigError(
+                f"`{where}.observe_context` appends the context parameters drawn per episode to the observation, "
+                f"but `{where}.context` draws none. Give one as {{uniform: [low, high]}} or a list of values, or "
+                f"set `{where}.observe_context: false`."
+            )
+        return {}
+    kwargs = {"distributions": drawn, "attributes": family.attributes(), "observe": env.observe_context}
+    return {"wrapper_class": ContextSampling, "wrapper_kwargs": kwargs}
+
+
 def make_envs(env: EnvConfig, seed: int) -> tuple[VecEnv, VecEnv]:
     """Training envs (``env.n_envs``, seeded from `seed`) and a separate single evaluation env (other seeds)."""
     context = check_env(env)
+    drawing = context_wrapper(env)
     vec_cls = vec_env_class(env)
     # a worker process unpickles the maker, importing this module and so registering rltransfer's games there
     maker = env.id if vec_cls is DummyVecEnv else functools.partial(make_registered, env.id)
     try:
-        train_env = make_vec_env(maker, n_envs=env.n_envs, seed=seed, env_kwargs=context, vec_env_cls=vec_cls)
+        train_env = make_vec_env(
+            maker, n_envs=env.n_envs, seed=seed, env_kwargs=context, vec_env_cls=vec_cls, **drawing
+        )
     except TypeError as error:
         raise ConfigError(
             f"`env.context` {context} was rejected by {env.id}: {error}. Remove the unknown keys."
@@ -77,6 +98,7 @@ def make_envs(env: EnvConfig, seed: int) -> tuple[VecEnv, VecEnv]:
         seed=seed + EVAL_SEED_OFFSET,
         env_kwargs=evaluation_context(env),
         vec_env_cls=DummyVecEnv,
+        **drawing,
     )
     return train_env, eval_env
 
@@ -90,11 +112,12 @@ def evaluation_context(env: EnvConfig) -> dict[str, Any]:
 def evaluation_env_maker(env: EnvConfig) -> Callable[[], gym.Env]:
     """Builds one env like the one inside the evaluation vector env of :func:`make_envs` (same game, context and
     Monitor), for playing evaluation episodes side by side."""
-    return functools.partial(_monitored, env.id, evaluation_context(env))
+    return functools.partial(_monitored, env.id, evaluation_context(env), context_wrapper(env))
 
 
-def _monitored(env_id: str, context: dict[str, Any]) -> gym.Env:
-    return Monitor(make_registered(env_id, **context))
+def _monitored(env_id: str, context: dict[str, Any], drawing: dict[str, Any]) -> gym.Env:
+    env = Monitor(make_registered(env_id, **context))  # as make_vec_env wraps it
+    return drawing["wrapper_class"](env, **drawing["wrapper_kwargs"]) if drawing else env
 
 
 def make_registered(env_id: str, **kwargs: Any) -> gym.Env:

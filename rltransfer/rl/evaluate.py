@@ -22,7 +22,7 @@ from rltransfer.core.device import resolve_device
 from rltransfer.core.errors import ConfigError, TransferError
 from rltransfer.envs.base import family_of
 from rltransfer.rl.config import EnvConfig
-from rltransfer.rl.environment import check_env, check_env_id
+from rltransfer.rl.environment import check_env, check_env_id, context_wrapper
 from rltransfer.rl.normalization import apply_scaling, scaling_for
 from rltransfer.rl.sources import load_source, source_agent_config
 
@@ -171,15 +171,17 @@ def _make_env(env: EnvConfig, seed: int, video_dir: str | Path | None, episodes:
     family = family_of(env.id)
     # as the run's own evaluations play it (Atari: the game's real score, not clipped rewards)
     context = {**check_env(env, "env"), **(family.eval_context if family is not None else {})}
+    drawing = context_wrapper(env)
     if video_dir is None:
-        return make_vec_env(env.id, n_envs=1, seed=seed, env_kwargs=context, vec_env_cls=DummyVecEnv)
+        return make_vec_env(
+            env.id, n_envs=1, seed=seed, env_kwargs=context, vec_env_cls=DummyVecEnv, **drawing
+        )
     try:
         import moviepy  # noqa: F401  (RecordVideo's encoder)
     except ImportError:
         raise ConfigError(
             'Recording videos needs moviepy: pip install "rltransfer[video]" (or pip install moviepy).'
         ) from None
-    from gymnasium.wrappers import RecordVideo
 
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame-drawn games render off-screen
     try:
@@ -189,7 +191,7 @@ def _make_env(env: EnvConfig, seed: int, video_dir: str | Path | None, episodes:
             )  # checked: no videos there
             return make_vec_env(
                 env.id, n_envs=1, seed=seed, env_kwargs={**context, "render_mode": "rgb_array"},
-                vec_env_cls=DummyVecEnv, wrapper_class=RecordVideo,
+                vec_env_cls=DummyVecEnv, wrapper_class=functools.partial(_recording, drawing=drawing),
                 wrapper_kwargs={
                     "video_folder": str(video_dir), "episode_trigger": functools.partial(_within, episodes),
                     "disable_logger": True,
@@ -197,6 +199,15 @@ def _make_env(env: EnvConfig, seed: int, video_dir: str | Path | None, episodes:
             )  # fmt: skip
     except TypeError as error:
         raise ConfigError(f"{env.id} cannot render frames to record ({error}).") from None
+
+
+def _recording(env: Any, drawing: dict[str, Any], **video: Any) -> Any:
+    """The context drawn per episode (when the run drew one), then gymnasium's video recorder."""
+    from gymnasium.wrappers import RecordVideo
+
+    if drawing:
+        env = drawing["wrapper_class"](env, **drawing["wrapper_kwargs"])
+    return RecordVideo(env, **video)
 
 
 def _within(episodes: int, episode: int) -> bool:
