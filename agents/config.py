@@ -83,6 +83,21 @@ class KickstartConfig(Section):
     """DQN: the softmax temperature that turns Q-values into the distributions compared (Rusu et al., 2016)."""
 
 
+class SourceTransitionsConfig(Section):
+    """Instance transfer (transfers with DQN, SAC or TD3): the source's own transitions replayed with the target's."""
+
+    steps: int = Field(0, ge=0)
+    """Transitions the source policy collects before fine-tuning; 0 turns it off."""
+    share: float = Field(0.5, ge=0.0, le=1.0)
+    """Share of every replayed batch drawn from them at the start."""
+    decay_steps: int | None = Field(None, ge=1)
+    """Environment steps over which that share goes linearly to 0; null: the transfer's budget."""
+    env: str | None = None
+    """The game the source plays; null: its own run's game (a plain SB3 zip needs it given)."""
+    context: dict[str, Any] = Field(default_factory=dict)
+    """Context of `env`."""
+
+
 class AgentConfig(Section):
     """The learning algorithm, its hyperparameters, its network and its optimizer."""
 
@@ -94,10 +109,12 @@ class AgentConfig(Section):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     kickstart: KickstartConfig = Field(default_factory=KickstartConfig)
     """Transfers with PPO, A2C or DQN: distil the source's policy while fine-tuning (Schmitt et al., 2018)."""
+    source_transitions: SourceTransitionsConfig = Field(default_factory=SourceTransitionsConfig)
+    """Transfers with DQN, SAC or TD3: replay the source's own transitions beside the target's."""
 
     def check(self, origin: str) -> None:
         check_hyperparams(self, origin)
-        if self.kickstart.weight > 0:
+        if self.kickstart.weight > 0 and "algo" in self.model_fields_set:  # else: the source's, checked later
             from rltransfer.agents.kickstart import KICKSTART_ALGOS
 
             if self.algo not in KICKSTART_ALGOS:
@@ -129,6 +146,23 @@ _MANAGED = {
     "verbose",
     "_init_setup_model",
 }
+
+
+def check_source_learning(agent: AgentConfig, origin: str) -> None:
+    """Kickstarting and source transitions need an algorithm that can use them (`agent` in full, as built)."""
+    from rltransfer.agents.kickstart import KICKSTART_ALGOS
+
+    if agent.kickstart.weight > 0 and agent.algo not in KICKSTART_ALGOS:
+        raise ConfigError(
+            f"{origin}: `agent.kickstart` distils the source's policy in PPO, A2C and DQN updates, not "
+            f"{agent.algo.upper()}. Use one of those, or set `agent.kickstart.weight: 0`."
+        )
+    if agent.source_transitions.steps > 0 and agent.algo not in ("dqn", "sac", "td3"):
+        raise ConfigError(
+            f"{origin}: `agent.source_transitions` replays the source's transitions, which needs an off-policy "
+            f"agent with a replay buffer (DQN, SAC, TD3), not {agent.algo.upper()}. Set "
+            "`agent.source_transitions.steps: 0`."
+        )
 
 
 def check_hyperparams(agent: AgentConfig, origin: str) -> None:

@@ -167,9 +167,17 @@ def kickstart_from(
 
 
 def build_teacher(model: BaseAlgorithm, source_state: dict[str, torch.Tensor], source_name: str) -> nn.Module:
+    """The source as a frozen network over the target's observations and actions (the Q-network for DQN)."""
+    policy = source_policy(model, source_state, source_name, "agent.kickstart")
+    return policy.q_net if hasattr(policy, "q_net") else policy
+
+
+def source_policy(
+    model: BaseAlgorithm, source_state: dict[str, torch.Tensor], source_name: str, setting: str
+) -> nn.Module:
     """The source as a frozen policy over the target's observations and actions: a copy of the target's policy
     holding every one of the source's tensors. Any tensor that does not fit (other observations or actions) is an
-    error: the source's action distribution must be one over the target's actions."""
+    error naming `setting`: the source has to act in the target game."""
     import copy
 
     policy = copy.deepcopy(model.policy)
@@ -183,12 +191,12 @@ def build_teacher(model: BaseAlgorithm, source_state: dict[str, torch.Tensor], s
     if misfits or missing:
         detail = misfits[0] if misfits else f"the target's {missing[0]} is not in the source"
         raise ConfigError(
-            f"`agent.kickstart`: the source {source_name} cannot act in the target game ({detail}); kickstarting "
-            "distils the source's action distribution, so the source and the target need the same observation and "
-            "action spaces (and the same network). Remove `agent.kickstart` for this target, or transfer without it."
+            f"`{setting}`: the source {source_name} cannot act in the target game ({detail}); it needs the source "
+            "and the target to have the same observation and action spaces (and the same network). Remove "
+            f"`{setting}` for this target, or transfer without it."
         )
     policy.load_state_dict(source_state, strict=False)
     policy.set_training_mode(False)
     for param in policy.parameters():
         param.requires_grad_(False)
-    return policy.q_net if hasattr(policy, "q_net") else policy
+    return policy

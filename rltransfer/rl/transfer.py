@@ -15,10 +15,10 @@ import yaml
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from rltransfer.agents.builder import build_agent
-from rltransfer.agents.config import AgentConfig, inherit_agent
+from rltransfer.agents.config import AgentConfig, check_source_learning, inherit_agent
 from rltransfer.agents.freezing import decay_toward_source, freeze_agent, is_target_copy, layer_copies
 from rltransfer.agents.kickstart import kickstart_from
-from rltransfer.core.config import coerce_config
+from rltransfer.core.config import coerce_config, load_yaml
 from rltransfer.core.device import resolve_device
 from rltransfer.core.errors import ConfigError, LayerSelectionError, TransferError, short_list
 from rltransfer.core.interrupt import Interrupted, stop_on_signals
@@ -28,8 +28,9 @@ from rltransfer.core.record import RunRecord, restart_if_never_checkpointed
 from rltransfer.core.state import digest
 from rltransfer.rl.callbacks import OnEvaluation, UnfreezeAt
 from rltransfer.rl.chain import chain_stage_config, check_chain, stage_state, stage_summary
-from rltransfer.rl.config import TransferConfig
+from rltransfer.rl.config import EnvConfig, TransferConfig
 from rltransfer.rl.environment import make_envs
+from rltransfer.rl.instances import attach_source_transitions
 from rltransfer.rl.mapping import LayerMapping, covered, describe_weights, map_weights
 from rltransfer.rl.normalization import VEC_NORMALIZE, apply_scaling, scaling_for
 from rltransfer.rl.sources import SourceAgent, load_source, source_agent_config
@@ -156,6 +157,7 @@ def _transfer_stage(
     if resume and run_dir is not None:
         _check_same_source(run_dir, source.path, source_digest)
     agent = inherit_agent(source_agent_config(source), config.agent, "agent")
+    check_source_learning(agent, "the transfer's agent")
     config = config.model_copy(update={"agent": agent})  # config.yaml holds the agent built, for --resume
     train_env, eval_env = make_envs(config.env, config.seed)
     scaling = scaling_for(train_env, source.scaling, config.env.id)
@@ -166,6 +168,13 @@ def _transfer_stage(
         decay_toward_source(model, list(mapping.copied), agent.optimizer.weight_decay)
     if agent.kickstart.weight > 0:  # distil the source's policy, on the target's states, while fine-tuning
         model.kickstart = kickstart_from(model, agent, source.state_dict, source.path, config.budget)
+    if (
+        agent.source_transitions.steps > 0
+    ):  # instance transfer: the source's experience replayed beside the target's
+        attach_source_transitions(
+            model, agent.source_transitions, source.state_dict, _source_game(source, agent), config.seed,
+            config.budget,
+        )  # fmt: skip
     table = mapping.format()
     if verbose:
         print(f"Transfer from {source.path} to {config.env.id}:\n{table}", flush=True)
@@ -211,6 +220,21 @@ def _transfer_stage(
     return TransferResult(
         **vars(result), mapping=mapping, frozen_unchanged=outcome["frozen_unchanged"], chain=chain or []
     )
+
+
+def _source_game(source: SourceAgent, agent: AgentConfig) -> EnvConfig:
+    """The game the source plays to collect its transitions: the one given, else its own run's."""
+    settings = agent.source_transitions
+    if settings.env is not None:
+        return EnvConfig(id=settings.env, context=dict(settings.context))
+    saved = source.path.parent / "config.yaml"
+    env = load_yaml(saved).get("env") if saved.is_file() else None
+    if not isinstance(env, dict) or not isinstance(env.get("id"), str):
+        raise ConfigError(
+            f"`agent.source_transitions`: the source {source.path} is not inside an rltransfer run directory, so "
+            "the game it was trained on is unknown. Give it: agent: {source_transitions: {env: GAME_ID}}."
+        )
+    return EnvConfig(id=env["id"], context=dict(env.get("context") or {}))
 
 
 def _dump_keeping_agent_changes(config: TransferConfig) -> str:

@@ -175,11 +175,19 @@ class StudyConfig(Section):
                     "has no source. Give it to a strategy: {name: l2sp, agent: {optimizer: {decay_to: source, "
                     "weight_decay: 0.01}}}."
                 )
-            if self.agent.kickstart.weight > 0:
-                raise ConfigError(
-                    f"{origin}: `agent.kickstart` in the study's agent would reach scratch, which has no source. "
-                    "Give it to a strategy: {name: kickstart, agent: {kickstart: {weight: 1.0}}}."
-                )
+            for key, used, example in (
+                ("kickstart", self.agent.kickstart.weight > 0, "{kickstart: {weight: 1.0}}"),
+                (
+                    "source_transitions",
+                    self.agent.source_transitions.steps > 0,
+                    "{source_transitions: {steps: 10000}}",
+                ),
+            ):
+                if used:
+                    raise ConfigError(
+                        f"{origin}: `agent.{key}` in the study's agent would reach scratch, which has no source. "
+                        f"Give it to a strategy: {{name: {key.replace('_', '-')}, agent: {example}}}."
+                    )
 
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from rltransfer.agents.builder import build_agent
-from rltransfer.agents.config import AgentConfig, inherit_agent, parse_agent
+from rltransfer.agents.config import AgentConfig, check_source_learning, inherit_agent, parse_agent
 from rltransfer.agents.freezing import hidden_layers, trunk_layers
 from rltransfer.core.config import load_config, resolve_config_path
 from rltransfer.core.errors import ConfigError, LayerSelectionError, TransferError, did_you_mean, short_list
@@ -159,7 +159,9 @@ def _strategy_agent(agent: AgentConfig, strategy: StudyStrategy | str) -> AgentC
         raise ConfigError(
             f"`strategies` {strategy.name}.agent may not change the algorithm (the study uses {agent.algo})."
         )
-    return parse_agent(merged, f"`strategies` {strategy.name}")
+    built = parse_agent(merged, f"`strategies` {strategy.name}")
+    check_source_learning(built, f"`strategies` {strategy.name}")
+    return built
 
 
 def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -370,13 +372,15 @@ def _run_spec(
 def config_fingerprint(config: BaseModel | dict[str, Any]) -> str:
     """A short digest of a run's settings without ``log_root`` (which follows the study directory),
     ``eval.envs`` (how many evaluation episodes play at once changes how fast, never what they return) and
-    ``agent.kickstart`` when it is off."""
+    ``agent.kickstart`` / ``agent.source_transitions`` when they are off."""
     data = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
     data.pop("log_root", None)
     agent = data.get("agent")
-    if isinstance(agent, dict) and not (agent.get("kickstart") or {}).get("weight"):
-        # kickstarting off is what every run did before the setting existed: their stored results stay valid
-        data["agent"] = {key: value for key, value in agent.items() if key != "kickstart"}
+    if isinstance(agent, dict):
+        # settings left off are what every run did before they existed: stored results stay valid
+        off = {"kickstart": not (agent.get("kickstart") or {}).get("weight"),
+               "source_transitions": not (agent.get("source_transitions") or {}).get("steps")}  # fmt: skip
+        data["agent"] = {key: value for key, value in agent.items() if not off.get(key)}
     evaluation = data.get("eval")
     if isinstance(evaluation, dict) and "envs" in evaluation:
         data["eval"] = {key: value for key, value in evaluation.items() if key != "envs"}

@@ -162,12 +162,15 @@ class TuneConfig(Section):
         self.execution.check(origin)
         if self.agent is not None:
             self.agent.check(origin)
-            if self.agent.kickstart.weight > 0:
-                raise ConfigError(
-                    f"{origin}: `agent.kickstart` in a tuning's agent would reach the scratch arm, which has no "
-                    "source. Compare kickstarting with a study strategy: {name: kickstart, agent: {kickstart: "
-                    "{weight: 1.0}}}."
-                )
+            for key, used in (
+                ("kickstart", self.agent.kickstart.weight > 0),
+                ("source_transitions", self.agent.source_transitions.steps > 0),
+            ):
+                if used:
+                    raise ConfigError(
+                        f"{origin}: `agent.{key}` in a tuning's agent would reach the scratch arm, which has no "
+                        "source. Compare it with scratch as a study strategy ({name: ..., agent: {...}})."
+                    )
         steps = (
             self.space.unfreeze_at if isinstance(self.space.unfreeze_at, list) else [self.space.unfreeze_at]
         )
