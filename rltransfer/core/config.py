@@ -13,7 +13,11 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from rltransfer.core.errors import ConfigError, did_you_mean
+from rltransfer.core.errors import ConfigError, did_you_mean, shown
+
+NAME_MAX = 200
+"""The longest name (run, study, tuning, strategy, stage): it becomes a folder name, which file systems limit to 255
+bytes, and a moved-aside run gets a time stamp appended."""
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
 """A name that is one plain path component: letters, digits, ``_ . -``, and not only dots (``.``, ``..``)."""
@@ -82,6 +86,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         ) from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a UTF-8 text file; a config must be YAML text.") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{path} nests lists or mappings too deeply to be read; a config needs only a few levels. Check the "
+            "file for runaway brackets."
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -101,6 +110,10 @@ def parse_config(data: dict[str, Any], model: type[ConfigT], origin: str = "conf
         config = model.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_explain(error, model, origin)) from None
+    except RecursionError:
+        raise ConfigError(
+            f"{origin} nests lists or mappings too deeply to be checked; a config needs only a few levels."
+        ) from None
     if isinstance(config, Section):
         config.check(origin)
     return config
@@ -133,9 +146,29 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any, origin: str = "con
     node[keys[-1]] = value
 
 
+OTHER_KINDS = {
+    "targets": "study",
+    "strategies": "study",
+    "space": "tune",
+    "trials": "tune",
+    "stages": "image",
+}
+"""Top-level keys that mark a config for another command."""
+
+
 def _explain(error: ValidationError, model: type[BaseModel], origin: str) -> str:
-    # inside a union (e.g. a strategy name or mapping) the deepest error is the one that explains the mistake
-    first = max(error.errors(), key=lambda item: len(item["loc"]))
+    errors = error.errors()
+    for item in errors:
+        key = item["loc"][0] if item["type"] == "extra_forbidden" and len(item["loc"]) == 1 else None
+        if key in OTHER_KINDS and key not in model.model_fields:
+            command = OTHER_KINDS[key]
+            return (
+                f"{origin} is a config of `rltransfer {command}` (it has `{key}`), not of this command. Run it "
+                f"with `rltransfer {command}`."
+            )
+    # inside a union (e.g. a strategy name or mapping) the deepest error is the one that explains the mistake; at
+    # equal depth an unknown key (often a misspelt one) explains more than the required key it was meant to be
+    first = max(errors, key=lambda item: (len(item["loc"]), item["type"] == "extra_forbidden"))
     location = _trim_union_tags(first["loc"])
     kind = first["type"]
     if kind == "extra_forbidden":
@@ -150,9 +183,9 @@ def _explain(error: ValidationError, model: type[BaseModel], origin: str) -> str
     if kind == "missing":
         return f"{origin}: `{location}` is required but missing. Add it to the config."
     got = first.get("input")
-    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    value = shown(got) if not isinstance(got, dict) else "a mapping"
     message = str(first["msg"]).removeprefix("Value error, ")
-    return f"{origin}: `{location}` is invalid: {message} (got {shown}). Fix the value in the config."
+    return f"{origin}: `{location}` is invalid: {message} (got {value}). Fix the value in the config."
 
 
 MOVED = {

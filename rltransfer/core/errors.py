@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
+from typing import Any
 
 
 class RLTransferError(Exception):
@@ -36,6 +38,17 @@ def short_list(names: Iterable[str], limit: int = 40) -> str:
     names = list(names)
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 80, 80
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 6
+
+
+def shown(value: Any, limit: int = 200) -> str:
+    """`value` quoted for an error message, cut to about `limit` characters (a huge value stays one line)."""
+    text = _SHOWN.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class StorageError(RLTransferError, OSError):
