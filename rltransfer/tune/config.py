@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, FiniteFloat, StrictInt, field_validator, model_validator
 
 from rltransfer.agents.config import AgentConfig
-from rltransfer.core.config import NAME_PATTERN, Section, check_device
+from rltransfer.core.config import NAME_MAX, NAME_PATTERN, Section, check_device
 from rltransfer.core.errors import ConfigError
 from rltransfer.rl.config import check_budget
 from rltransfer.study.config import StudyEval, StudyExecution, StudySource, StudyTarget, check_seeds
@@ -107,7 +107,7 @@ class PrunerConfig(Section):
 class TuneConfig(Section):
     """``rltransfer tune``: the best transfer recipe for one target against an equally tuned scratch control."""
 
-    name: str = Field(..., min_length=1, pattern=NAME_PATTERN)
+    name: str = Field(..., min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)
     log_root: str = "runs"
     device: str = "auto"
     source: StudySource
@@ -117,7 +117,7 @@ class TuneConfig(Section):
     n_envs: int | None = Field(None, ge=1)
     """Parallel envs per run; default: the source's."""
     eval: StudyEval = Field(default_factory=StudyEval)
-    threshold: float | Literal["env"] = "env"
+    threshold: FiniteFloat | Literal["env"] = "env"
     """Return for time-to-threshold (reported beside the objective); ``env`` uses the target's threshold."""
     last_evals: int = Field(3, ge=1)
     """Evaluations averaged for the asymptotic return in the confirmation."""
@@ -125,9 +125,9 @@ class TuneConfig(Section):
     """Agent both arms start from before the search changes it; default: the source's."""
     trials: int = Field(20, ge=1)
     """Trials per arm: the transfer search and the scratch search get the same number."""
-    trial_seeds: list[int] | int = Field(default_factory=lambda: [100, 101])
+    trial_seeds: list[StrictInt] | StrictInt = Field(default_factory=lambda: [100, 101])
     """Seeds every trial runs (their mean is the trial's score); a count n means 100..100+n-1."""
-    confirm_seeds: list[int] | int = 10
+    confirm_seeds: list[StrictInt] | StrictInt = 10
     """Fresh seeds of the confirmation study (best transfer recipe against best scratch); a count n means
     0..n-1. They may not overlap the trial seeds."""
     sampler_seed: int = Field(0, ge=0)
