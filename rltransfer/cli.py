@@ -22,6 +22,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(
                 f"--set {item!r} must look like key.subkey=value, e.g. --set agent.optimizer.lr=0.001."
             )
+        if "" in key.split("."):
+            raise ConfigError(
+                f"--set {item!r}: the key `{key}` has an empty part; it must be setting names joined by single "
+                "dots, e.g. --set eval.every=1000."
+            )
         try:
             overrides[key] = yaml.safe_load(value)
         except yaml.YAMLError:
