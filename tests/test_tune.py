@@ -177,6 +177,9 @@ def test_an_interrupted_search_resumes_keeping_finished_trials(
         ({"space": {"lr": {"low": 0.01, "high": 0.001}}}, "space.lr"),
         ({"storage": "nosuchdb://x"}, "`storage` nosuchdb://x"),
         ({"space": {"optimizer": ["adam", "lion"]}}, "space.optimizer.*unknown optimizer 'lion'"),
+        ({"space": {"lr": []}}, r"`space.lr` is invalid: List should have at least 1 item"),
+        ({"space": {"optimizer": []}}, r"`space.optimizer` is invalid: List should have at least 1 item"),
+        ({"space": {"lr": ["fast", "slow"]}}, r"`space.lr.0` is invalid: Input should be a valid number"),
     ],
 )
 def test_bad_tunings_are_refused_before_any_trial(tune, tmp_path: Path, change, expected) -> None:

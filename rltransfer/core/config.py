@@ -168,7 +168,14 @@ def _explain(error: ValidationError, model: type[BaseModel], origin: str) -> str
             )
     # inside a union (e.g. a strategy name or mapping) the deepest error is the one that explains the mistake; at
     # equal depth an unknown key (often a misspelt one) explains more than the required key it was meant to be
-    first = max(errors, key=lambda item: (len(item["loc"]), item["type"] == "extra_forbidden"))
+    first = max(
+        errors,
+        key=lambda item: (
+            len(item["loc"]),
+            item["type"] == "extra_forbidden",
+            item["type"] not in ("model_type", "model_attributes_type", "dict_type"),
+        ),
+    )
     location = _trim_union_tags(first["loc"])
     kind = first["type"]
     if kind == "extra_forbidden":
@@ -210,6 +217,9 @@ lives here."""
 
 _UNION_TAGS = {
     "list[int]",
+    "list[float]",
+    "list[str]",
+    "list[any]",
     "dict[str,list[int]]",
     "float",
     "str",

@@ -3,7 +3,7 @@ scratch's own hyperparameters, confirmed on fresh seeds."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, FiniteFloat, StrictInt, field_validator, model_validator
 
@@ -37,7 +37,9 @@ class FloatRange(Section):
         return self
 
 
-Choices = list[Any]
+Choices = Annotated[list[Any], Field(min_length=1)]
+NumberChoices = Annotated[list[float], Field(min_length=1)]
+NameChoices = Annotated[list[str], Field(min_length=1)]
 LayerChoice = str | dict[str, list[str]]
 
 
@@ -49,19 +51,19 @@ class TuneSpace(Section):
 
     freeze: list[LayerChoice] = Field(default_factory=lambda: list(FREEZE_DEPTHS), min_length=1)
     reinit: list[LayerChoice] = Field(default_factory=lambda: ["none", "critic"], min_length=1)
-    lr: FloatRange | Choices | float = Field(
+    lr: FloatRange | NumberChoices | float = Field(
         default_factory=lambda: FloatRange(low=1e-4, high=3e-3, log=True)
     )
     """Learning rate (both arms)."""
-    weight_decay: FloatRange | Choices | float = Field(default_factory=lambda: [0.0, 1e-4])
+    weight_decay: FloatRange | NumberChoices | float = Field(default_factory=lambda: [0.0, 1e-4])
     """L2 weight decay (both arms)."""
-    dropout: FloatRange | Choices | float = 0.0
+    dropout: FloatRange | NumberChoices | float = 0.0
     """Dropout after each hidden layer (both arms)."""
-    optimizer: Choices | str = "adam"
+    optimizer: NameChoices | str = "adam"
     """Optimizer name (both arms): adam, adamw, rmsprop, adagrad, sgd."""
     unfreeze_at: Choices | int | None = None
     """Two-phase fine-tuning: the frozen layers train too after this many steps (null: never)."""
-    decay_to: Choices | str = "zero"
+    decay_to: NameChoices | str = "zero"
     """Transfer arm: plain weight decay (``zero``) or L2-SP (``source``: toward the source's weights), e.g.
     ``[zero, source]``."""
     hyperparams: dict[str, FloatRange | Choices | Any] = Field(default_factory=dict)
