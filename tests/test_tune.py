@@ -189,6 +189,15 @@ def test_bad_tunings_are_refused_before_any_trial(tune, tmp_path: Path, change, 
     assert not (tmp_path / "runs" / "tiny-tune" / "trials").exists()
 
 
+def test_a_tuning_named_like_a_run_leaves_its_folder_alone(tune, tmp_path: Path) -> None:
+    folder = tmp_path / "runs" / "tiny-tune"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"tiny-tune is the folder of a run \(it holds run.json\)"):
+        run_tune(tune)
+    assert [p.name for p in folder.iterdir()] == ["run.json"]
+
+
 def test_a_worker_refuses_an_sqlite_storage_it_cannot_see(tmp_path: Path) -> None:
     from rltransfer.tune.storage import open_storage
 
