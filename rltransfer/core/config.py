@@ -109,7 +109,7 @@ def parse_config(data: dict[str, Any], model: type[ConfigT], origin: str = "conf
     try:
         config = model.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_explain(error, model, origin)) from None
+        raise ConfigError(_explain(error, model, origin, data)) from None
     except RecursionError:
         raise ConfigError(
             f"{origin} nests lists or mappings too deeply to be checked; a config needs only a few levels."
@@ -156,9 +156,13 @@ OTHER_KINDS = {
 """Top-level keys that mark a config for another command."""
 
 
-def _explain(error: ValidationError, model: type[BaseModel], origin: str) -> str:
+def _explain(error: ValidationError, model: type[BaseModel], origin: str, data: dict[str, Any]) -> str:
     errors = error.errors()
-    for item in errors:
+    # a config of another command: it has that command's keys, lacks a required one here and has none of the keys
+    # that mark this command's configs (a tune config with a stray `targets` is still a tune config)
+    own = {key for key in OTHER_KINDS if key in model.model_fields}
+    lacks = any(item["type"] == "missing" and len(item["loc"]) == 1 for item in errors)
+    for item in errors if lacks and not own & set(data) else []:
         key = item["loc"][0] if item["type"] == "extra_forbidden" and len(item["loc"]) == 1 else None
         if key in OTHER_KINDS and key not in model.model_fields:
             command = OTHER_KINDS[key]
@@ -173,7 +177,7 @@ def _explain(error: ValidationError, model: type[BaseModel], origin: str) -> str
         key=lambda item: (
             len(item["loc"]),
             item["type"] == "extra_forbidden",
-            item["type"] not in ("model_type", "model_attributes_type", "dict_type"),
+            item["type"] not in ("model_type", "model_attributes_type", "dict_type", "list_type"),
         ),
     )
     location = _trim_union_tags(first["loc"])
@@ -236,7 +240,7 @@ def _trim_union_tags(loc: tuple[Any, ...]) -> str:
     for part in loc:
         text = str(part)
         # pydantic names union members (e.g. 'list[int]', 'AgentConfig', 'literal[...]') inside the location
-        if text in _UNION_TAGS or text.startswith(("literal[", "function-", "constrained-")):
+        if text in _UNION_TAGS or text.startswith(("literal[", "function-", "constrained-", "list[literal[")):
             continue
         parts.append(text)
     return ".".join(parts) or "(top level)"

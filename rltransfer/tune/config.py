@@ -40,6 +40,7 @@ class FloatRange(Section):
 Choices = Annotated[list[Any], Field(min_length=1)]
 NumberChoices = Annotated[list[float], Field(min_length=1)]
 NameChoices = Annotated[list[str], Field(min_length=1)]
+DecayTo = Literal["zero", "source"]
 LayerChoice = str | dict[str, list[str]]
 
 
@@ -63,7 +64,7 @@ class TuneSpace(Section):
     """Optimizer name (both arms): adam, adamw, rmsprop, adagrad, sgd."""
     unfreeze_at: Choices | int | None = None
     """Two-phase fine-tuning: the frozen layers train too after this many steps (null: never)."""
-    decay_to: NameChoices | str = "zero"
+    decay_to: Annotated[list[DecayTo], Field(min_length=1)] | DecayTo = "zero"
     """Transfer arm: plain weight decay (``zero``) or L2-SP (``source``: toward the source's weights), e.g.
     ``[zero, source]``."""
     hyperparams: dict[str, FloatRange | Choices | Any] = Field(default_factory=dict)
