@@ -180,6 +180,18 @@ def test_an_interrupted_search_resumes_keeping_finished_trials(
         ({"space": {"lr": []}}, r"`space.lr` is invalid: List should have at least 1 item"),
         ({"space": {"optimizer": []}}, r"`space.optimizer` is invalid: List should have at least 1 item"),
         ({"space": {"lr": ["fast", "slow"]}}, r"`space.lr.0` is invalid: Input should be a valid number"),
+        (
+            {"space": {"decay_to": ["zero", "bogus"]}},
+            r"`space.decay_to.1` is invalid: Input should be 'zero' or",
+        ),
+        (
+            {"target": {"id": "Pendulum-v1"}},
+            r"`target` Pendulum-v1 has no reward threshold; set the tuning's",
+        ),
+        (
+            {"targets": [{"id": "CartPole-v1"}]},
+            r"`targets` is not a known setting \(did you mean `target`\?\)",
+        ),
     ],
 )
 def test_bad_tunings_are_refused_before_any_trial(tune, tmp_path: Path, change, expected) -> None:

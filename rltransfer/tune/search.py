@@ -134,7 +134,7 @@ def _setup(config: TuneConfig) -> TuneSetup:
         agent=config.agent,
         execution=config.execution,
     )
-    plan = plan_study(probe)
+    plan = plan_study(probe, tuning=True)
     runs = {
         "scratch": next(spec.config for spec in plan.runs if spec.strategy == "scratch"),
         "transfer": next(spec.config for spec in plan.runs if spec.strategy == "finetune"),
