@@ -51,6 +51,18 @@ def shown(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def unpickler_reason(error: Exception) -> str:
+    """What PyTorch's weights-only loader objected to, without its advice to load the file unsafely (with
+    ``weights_only=False`` or an allowlist), which would run code from the file."""
+    lines = str(error).splitlines()
+    for line in lines:
+        if "WeightsUnpickler error" in line:
+            reason = line.split("WeightsUnpickler error:", 1)[-1].split(". Please use", 1)[0].strip()
+            return reason or "not a PyTorch weights file"
+    first = lines[0].strip() if lines else ""
+    return first if first and "weights_only" not in first else type(error).__name__
+
+
 class StorageError(RLTransferError, OSError):
     """A file or folder could not be written (a read-only folder, a file where a folder should be, a full disk)."""
 

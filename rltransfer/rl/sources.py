@@ -22,7 +22,7 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from rltransfer.agents.builder import ACTIVATIONS
 from rltransfer.agents.config import AgentConfig, PolicyConfig, parse_agent
 from rltransfer.core.config import load_yaml
-from rltransfer.core.errors import TransferError, short_list
+from rltransfer.core.errors import TransferError, short_list, unpickler_reason
 from rltransfer.core.record import RECORD, RunRecord
 from rltransfer.rl.hub import fetch, is_hub
 from rltransfer.rl.normalization import VEC_NORMALIZE, ObservationScaling, read_scaling
@@ -87,14 +87,6 @@ def load_source(source: str | Path, trust: bool = False) -> SourceAgent:
         activation=_activation_from_data(data),
         scaling=read_scaling(beside) if beside.is_file() else None,
     )
-
-
-def _unpickler_reason(error: Exception) -> str:
-    """What the weights-only loader objected to, without torch's advice to load the file unsafely."""
-    for line in str(error).splitlines():
-        if "WeightsUnpickler error" in line:
-            return line.strip()
-    return type(error).__name__
 
 
 def _check_weights(path: Path, state_dict: Any) -> None:
@@ -194,7 +186,7 @@ def _read_zip(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         state_dict = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     except Exception as error:  # the weights-only unpickler rejects anything but tensors and plain containers
         raise TransferError(
-            f"{path}: policy.pth could not be read as plain weights ({_unpickler_reason(error)}). The file is "
+            f"{path}: policy.pth could not be read as plain weights ({unpickler_reason(error)}). The file is "
             "damaged or carries objects other than tensors; rltransfer does not execute them. If you trust the "
             "file and it holds custom classes, `trust_source: true` loads it with SB3's own loader."
         ) from None
