@@ -537,3 +537,12 @@ def test_a_timm_model_runs_the_same_stages_cache_report_and_predict(tmp_path: Pa
     model, spec = load_classifier(result.transfer.model_dir)
     assert spec.arch == "timm/test_resnet" and spec.head == "fc"
     assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 3)
+
+
+def test_predict_with_a_model_path_that_does_not_exist_says_so(tmp_path: Path) -> None:
+    from rltransfer.core.errors import TransferError
+    from rltransfer.vision.pipeline import predict
+
+    (tmp_path / "run").mkdir()
+    with pytest.raises(TransferError, match=r"Model .*run/model.json does not exist"):
+        predict(tmp_path / "run" / "model.json", [tmp_path / "x.png"], device="cpu")

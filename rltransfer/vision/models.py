@@ -452,6 +452,11 @@ def load_classifier(
     """A trained classifier from a model folder (model.json + model.pt) or a run directory, weights-only.
     A model trained from your own ``nn.Module`` needs ``module``, an instance of that class."""
     path = Path(path)
+    if not path.exists():
+        raise TransferError(
+            f"Model {path} does not exist (relative paths start at {Path.cwd()}). Give the run directory made by "
+            "`rltransfer image` (or its model/ folder)."
+        )
     if path.is_file():
         path = path.parent
     path = model_folder(path)
