@@ -3,6 +3,7 @@ weights files, and frozen BatchNorm."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,14 @@ def test_a_pickled_weights_file_is_refused_not_run(tmp_path: Path) -> None:
     with pytest.raises(TransferError, match=r"garbage.pt: not a PyTorch weights file") as refused:
         build_classifier(spec, str(tmp_path / "garbage.pt"))
     assert "weights_only" not in str(refused.value)
+
+    class Blocked:
+        def __reduce__(self):  # noqa: ANN204
+            return (os.system, ("true",))
+
+    torch.save({"conv.weight": Blocked()}, tmp_path / "blocked.pt")
+    with pytest.raises(TransferError, match=r"blocked.pt: Trying to load unsupported GLOBAL \w+\.system"):
+        build_classifier(spec, str(tmp_path / "blocked.pt"))
 
 
 def _bn_state(model: nn.Module) -> dict[str, torch.Tensor]:

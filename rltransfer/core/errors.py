@@ -59,6 +59,9 @@ def unpickler_reason(error: Exception) -> str:
         if "WeightsUnpickler error" in line:
             reason = line.split("WeightsUnpickler error:", 1)[-1].split(". Please use", 1)[0].strip()
             return reason or "not a PyTorch weights file"
+    for line in lines:  # e.g. "Trying to load unsupported GLOBAL posix.system whose module posix is blocked."
+        if "unsupported" in line.lower() and "weights_only" not in line:
+            return line.strip().rstrip(".")
     first = lines[0].strip() if lines else ""
     return first if first and "weights_only" not in first else type(error).__name__
 
