@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 
 from rltransfer.agents.algorithms import ALGORITHMS
 from rltransfer.core.config import Section, parse_config
-from rltransfer.core.errors import ConfigError, did_you_mean
+from rltransfer.core.errors import ConfigError, did_you_mean, shown
 from rltransfer.core.optim import OptimizerName
 
 Activation = Literal["tanh", "relu", "elu", "leaky_relu", "gelu", "silu"]
@@ -165,6 +165,14 @@ def check_source_learning(agent: AgentConfig, origin: str) -> None:
         )
 
 
+_FRACTIONS = {
+    "gamma": "the discount of future rewards",
+    "gae_lambda": "the GAE bias-variance trade-off",
+    "tau": "the soft update coefficient of the target network",
+}
+"""Hyperparameters that SB3 takes unchecked although only [0, 1] makes sense."""
+
+
 def check_hyperparams(agent: AgentConfig, origin: str) -> None:
     """Every hyperparameter must be a keyword argument of the SB3 algorithm that rltransfer does not set itself."""
     accepted = (
@@ -180,6 +188,14 @@ def check_hyperparams(agent: AgentConfig, origin: str) -> None:
             raise ConfigError(
                 f"{origin}: `agent.hyperparams.{key}` is not a setting of {agent.algo.upper()}"
                 f"{did_you_mean(key, accepted)}. Its settings are: {', '.join(sorted(accepted))}."
+            )
+        value = agent.hyperparams[key]
+        if key in _FRACTIONS and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1
+        ):
+            raise ConfigError(
+                f"{origin}: `agent.hyperparams.{key}` must be a number in [0, 1] ({_FRACTIONS[key]}), got "
+                f"{shown(value)}."
             )
 
 

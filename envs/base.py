@@ -12,7 +12,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from rltransfer.core.errors import ConfigError, did_you_mean
+from rltransfer.core.errors import ConfigError, did_you_mean, shown
 from rltransfer.envs.context import ContextDistribution, is_distribution, parse_distribution
 
 NAMESPACE = "rltransfer"
@@ -142,7 +142,7 @@ class EnvFamily:
             if is_distribution(value):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"`{where}.{key}` must be a number, got {value!r}.")
+                raise ConfigError(f"`{where}.{key}` must be a number, got {shown(value)}.")
             if not spec.low <= value <= spec.high:
                 raise ConfigError(
                     f"`{where}.{key}` = {value} is outside the {self.name} family's range [{spec.low}, {spec.high}] "

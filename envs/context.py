@@ -14,7 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from rltransfer.core.errors import ConfigError
+from rltransfer.core.errors import ConfigError, shown
 
 
 @dataclass(frozen=True)
@@ -54,14 +54,14 @@ def parse_distribution(value: Any, where: str, low: float, high: float) -> Conte
         ):
             raise ConfigError(
                 f"`{where}` must be a number, a list of numbers to choose from at each episode, or "
-                f"{{uniform: [low, high]}} with low < high; got {_short(value)}."
+                f"{{uniform: [low, high]}} with low < high; got {shown(value, 80)}."
             )
         distribution = ContextDistribution(low=float(bounds[0]), high=float(bounds[1]))
     else:
         if not value or not all(_is_number(item) for item in value):
             raise ConfigError(
                 f"`{where}`: a list gives the values to choose from at each episode and must hold numbers; "
-                f"got {_short(value)}."
+                f"got {shown(value, 80)}."
             )
         distribution = ContextDistribution(choices=tuple(float(item) for item in value))
     first, last = distribution.bounds
@@ -75,11 +75,6 @@ def parse_distribution(value: Any, where: str, low: float, high: float) -> Conte
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class ContextSampling(gym.Wrapper):

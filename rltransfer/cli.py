@@ -23,6 +23,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(
                 f"--set {item!r} must look like key.subkey=value, e.g. --set agent.optimizer.lr=0.001."
             )
+        if "" in key.split("."):
+            raise ConfigError(
+                f"--set {item!r}: the key `{key}` has an empty part; it must be setting names joined by single "
+                "dots, e.g. --set eval.every=1000."
+            )
         try:
             overrides[key] = yaml.safe_load(value)
         except yaml.YAMLError:
@@ -84,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
         "transfer", help="transfer a source agent to a target game and fine-tune it"
     )
     _run_args(transfer)
-    transfer.add_argument("--source", help="source run directory or SB3 .zip (overrides the config)")
+    transfer.add_argument(
+        "--source",
+        help="source run directory or SB3 .zip (overrides the config; with --resume: where the run's source lies now)",
+    )
     study = commands.add_parser("study", help="compare transfer strategies with learning from scratch")
     study.add_argument("config", nargs="?", help="YAML study config, or a shipped one such as cartpole/study")
     study.add_argument(
@@ -299,10 +307,12 @@ def _run(args: argparse.Namespace) -> int:
 
     model = TrainConfig if args.command == "train" else TransferConfig
     config = None
+    moved_source = getattr(args, "source", None)
     if args.resume:
-        if args.config or _overrides(args):
+        if args.config or set(_overrides(args)) - {"source"}:
+            also = " and, when the source moved, --source NEW_PATH" if args.command == "transfer" else ""
             raise ConfigError(
-                "--resume continues a run with its own saved config; give only --resume RUN_DIR (and --no-progress)."
+                f"--resume continues a run with its own saved config; give only --resume RUN_DIR (--no-progress{also})."
             )
     elif not args.config:
         raise ConfigError(f"rltransfer {args.command} needs a CONFIG (or --resume RUN_DIR).")
@@ -315,7 +325,12 @@ def _run(args: argparse.Namespace) -> int:
     else:
         from rltransfer.rl.transfer import transfer
 
-        result = transfer(config, progress_bar=not args.no_progress, resume=args.resume)
+        result = transfer(
+            config,
+            progress_bar=not args.no_progress,
+            resume=args.resume,
+            source=moved_source if args.resume else None,
+        )
         if result.frozen_unchanged is not None:
             state = "bit-identical" if result.frozen_unchanged else "CHANGED (please report this)"
             print(f"Frozen layers after fine-tuning: {state}.")

@@ -209,3 +209,12 @@ def test_every_bad_input_is_one_clear_error(tmp_path: Path) -> None:
         assert result.stderr.startswith("rltransfer: error: ") and expected in result.stderr, result.stderr
         assert result.stderr.strip().count("\n") == 0  # one paragraph
         assert not (tmp_path / "runs").exists(), args  # nothing written
+
+
+@pytest.mark.parametrize("item", [".=1", "eval..every=1", "eval.=3"])
+def test_a_set_key_with_an_empty_part_is_blamed_on_set(item, capsys) -> None:
+    from rltransfer.cli import main
+
+    assert main(["train", "cartpole/source", "--set", item]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"rltransfer: error: --set {item!r}: the key ") and "empty part" in error

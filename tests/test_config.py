@@ -187,3 +187,83 @@ def test_a_folder_given_as_config_is_named_as_a_folder(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="is a folder, not a YAML file"):
         resolve_config_path(str(tmp_path))
+
+
+def test_a_misspelt_required_key_is_named_rather_than_called_missing(tiny_train) -> None:
+    tiny_train["budgett"] = tiny_train.pop("budget")
+    with pytest.raises(ConfigError, match=r"`budgett` is not a known setting \(did you mean `budget`\?\)"):
+        parse_config(tiny_train, TrainConfig, "my.yaml")
+
+
+def test_a_config_nested_too_deeply_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("name: deep\nseed: " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(ConfigError, match=r"deep.yaml nests lists or mappings too deeply"):
+        load_config(path, TrainConfig)
+
+
+def test_a_huge_value_is_quoted_short_in_the_error(tmp_path: Path) -> None:
+    levels = ['&a ["x","x","x","x","x","x","x","x","x"]']
+    levels += [f"&{b} [" + ",".join([f"*{a}"] * 9) + "]" for a, b in zip("abcdef", "bcdefg", strict=True)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text(
+        "budget: 512\nenv: {id: rltransfer/CartPole-v1}\neval: {every: 256}\nseed: ["
+        + ", ".join(levels)
+        + "]\n"
+    )
+    with pytest.raises(ConfigError, match=r"`seed` is invalid") as error:
+        load_config(path, TrainConfig)
+    assert len(str(error.value)) < 600
+    from rltransfer.envs.base import family_of
+
+    with pytest.raises(ConfigError, match=r"`env.context.pole_length` must be a number") as error:
+        family_of("rltransfer/CartPole-v1").validate({"pole_length": [["x"] * 9] * 10**5}, "env.context")
+    assert len(str(error.value)) < 600
+
+
+@pytest.mark.parametrize(
+    ("shipped", "command", "key"),
+    [("study", "study", "targets"), ("tune", "tune", "trials"), ("../images/digits", "image", "stages")],
+)
+def test_a_config_of_another_command_says_which_command_runs_it(shipped, command, key) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(CONFIGS / "cartpole" / f"{shipped}.yaml", TrainConfig)
+    assert f"is a config of `rltransfer {command}` (it has `{key}`)" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"agent": {"hyperparams": {"gamma": 5}}}, "`agent.hyperparams.gamma` must be a number in [0, 1]"),
+        (
+            {"agent": {"hyperparams": {"gae_lambda": "high"}}},
+            "`agent.hyperparams.gae_lambda` must be a number",
+        ),
+        ({"eval": {"every": 256, "threshold": float("nan")}}, "`eval.threshold` is invalid"),
+        ({"name": "x" * 300}, "`name` is invalid: String should have at most 200 characters"),
+    ],
+)
+def test_values_that_cannot_work_are_refused_naming_the_key(tiny_train, change, expected) -> None:
+    tiny_train.update(change)
+    with pytest.raises(ConfigError) as error:
+        parse_config(tiny_train, TrainConfig, "my.yaml")
+    assert expected in str(error.value) and len(str(error.value)) < 400
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"seeds": True}, "`seeds` is invalid"),
+        ({"seeds": [0, True]}, "`seeds.1` is invalid"),
+        ({"threshold": float("nan")}, "`threshold` is invalid"),
+    ],
+)
+def test_study_seeds_and_threshold_must_be_real_numbers(change, expected) -> None:
+    from rltransfer.tune import TuneConfig
+
+    study = {"name": "s", "source": {"path": "x"}, "targets": [{"id": "CartPole-v1"}], "budget": 10}
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        parse_config({**study, **change}, StudyConfig, "my.yaml")
+    tune = load_config(CONFIGS / "cartpole" / "tune.yaml", TuneConfig)
+    with pytest.raises(ConfigError, match=r"`confirm_seeds` is invalid"):
+        parse_config({**tune.model_dump(), "confirm_seeds": True}, TuneConfig, "my.yaml")

@@ -79,8 +79,11 @@ def test_evaluate_refuses_bad_arguments_and_never_mixes_videos(tiny_source: Path
         evaluate(tiny_source, episodes=1, video_dir=tmp_path / "afile")
     with pytest.raises(ConfigError, match="--device 'gpu'"):
         evaluate(tiny_source, episodes=1, device="gpu")
-    with pytest.raises(ConfigError, match="--seed must be a non-negative integer"):
-        evaluate(tiny_source, episodes=1, seed=-1)
+    for seed in (-1, 2**32):
+        with pytest.raises(
+            ConfigError, match=rf"--seed must be an integer from 0 to 2\*\*32 - 1 .*got {seed}\."
+        ):
+            evaluate(tiny_source, episodes=1, seed=seed)
     evaluate(tiny_source, episodes=1, video_dir=tmp_path / "videos", device="cpu")
     with pytest.raises(ConfigError, match="already holds videos of an earlier evaluation"):
         evaluate(tiny_source, episodes=1, video_dir=tmp_path / "videos", device="cpu")

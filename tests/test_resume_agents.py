@@ -159,6 +159,33 @@ def test_resuming_a_transfer_whose_source_changed_is_refused(
     assert transfer(resume=stop.value.run_dir, progress_bar=False, verbose=False).frozen_unchanged is True
 
 
+def test_a_transfer_whose_source_moved_resumes_with_the_source_named_as_its_error_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_source: Path, tiny_transfer: dict, capsys
+) -> None:
+    import shutil
+
+    from rltransfer.cli import main
+    from rltransfer.rl.transfer import transfer
+
+    source = tmp_path / "source.zip"
+    shutil.copy(tiny_source / "best_model.zip", source)
+    tiny_transfer.update(source=str(source))
+    stop_after(monkeypatch, 70, signal.SIGTERM)
+    with pytest.raises(Interrupted) as stop:
+        transfer(tiny_transfer, progress_bar=False, verbose=False)
+    monkeypatch.setattr(callbacks, "stop_requested", lambda: None)
+    run = str(stop.value.run_dir)
+    source.rename(tmp_path / "moved.zip")
+    assert main(["transfer", "--resume", run, "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert f"source.zip that {run} started from is gone" in error
+    assert f"rltransfer transfer --resume {run} --source NEW_PATH" in error
+    assert main(["transfer", "--resume", run, "--source", str(tmp_path / "moved.zip"), "--no-progress"]) == 0
+    assert json.loads((stop.value.run_dir / "run.json").read_text())["status"] == "finished"
+    assert main(["transfer", "--resume", run, "--seed", "3"]) == 2
+    assert "give only --resume RUN_DIR (--no-progress and, when the source moved" in capsys.readouterr().err
+
+
 def test_damaged_checkpoints_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_train: dict
 ) -> None:

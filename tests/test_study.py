@@ -321,3 +321,16 @@ def test_an_interrupted_transfer_run_continues_after_the_study_directory_moved(
     record = json.loads((moved / "runs" / "short" / "finetune" / "seed0" / "run.json").read_text())
     assert record["status"] == "finished" and record["resumed_from"] > 0
     assert record["source"].startswith(str(moved))
+
+
+@pytest.mark.parametrize("marker", ["run.json", "tune.yaml"])
+def test_a_study_named_like_another_run_leaves_its_folder_alone(study, marker) -> None:
+    folder = Path(study["log_root"]) / study["name"]
+    folder.mkdir(parents=True)
+    for name in (marker, "curves.png", "report.md"):
+        (folder / name).write_text(name)
+    with pytest.raises(ConfigError, match=rf"tiny-study is the folder of a \w+ \(it holds {marker}\)"):
+        run_study(parse_config(study, StudyConfig, "study.yaml"), workers=1)
+    assert sorted((p.name, p.read_text()) for p in folder.iterdir()) == sorted(
+        (name, name) for name in (marker, "curves.png", "report.md")
+    )

@@ -241,6 +241,20 @@ def test_a_budget_below_one_rollout_is_warned_about(tiny_train, capsys) -> None:
     assert "one rollout is 128 steps (n_steps 32 x 4 envs) but the budget is 100" in capsys.readouterr().err
 
 
+def test_a_best_model_evaluated_before_the_first_update_is_called_untrained(tiny_train) -> None:
+    # one rollout is 128 x 4 = 512 steps: the evaluations at 256 and 512 both come before the first update
+    tiny_train["agent"]["hyperparams"]["n_steps"] = 128
+    result = rltransfer.train(tiny_train, progress_bar=False)
+    data = json.loads(zipfile.ZipFile(result.best_model).read("data"))
+    assert data["_n_updates"] == 0 and result.best_untrained
+    assert "Note: the best model is the untrained network" in result.summary()
+    assert json.loads((result.run_dir / "run.json").read_text())["best_untrained"] is True
+    tiny_train.update(name="trained")  # the tiny config's own rollout (32 x 4) updates before each evaluation
+    tiny_train["agent"]["hyperparams"]["n_steps"] = 32
+    trained = rltransfer.train(tiny_train, progress_bar=False)
+    assert not trained.best_untrained and "untrained" not in trained.summary()
+
+
 def test_a_file_where_the_run_directory_goes_is_named(tiny_train, tmp_path) -> None:
     import rltransfer
     from rltransfer.core.errors import StorageError

@@ -150,6 +150,36 @@ def test_sources_that_cannot_be_used(tmp_path, tiny_transfer) -> None:
     assert not (tmp_path / "runs").exists()  # nothing half-written
 
 
+def test_a_truncated_or_wrongly_filled_sb3_zip_is_named_as_such(tmp_path) -> None:
+    import io
+    import zipfile
+
+    from rltransfer.core.errors import TransferError
+
+    PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu").save(tmp_path / "agent.zip")
+    whole = (tmp_path / "agent.zip").read_bytes()
+    for name, data in (("half.zip", whole[: len(whole) // 2]), ("tail.zip", whole[:-200])):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(TransferError, match=rf"{name} is a damaged zip file \(truncated or corrupt"):
+            load_source(tmp_path / name)
+
+    def with_policy(name: str, policy: object) -> Path:
+        buffer = io.BytesIO()
+        torch.save(policy, buffer)
+        with zipfile.ZipFile(tmp_path / "agent.zip") as original, zipfile.ZipFile(tmp_path / name, "w") as z:
+            for entry in original.namelist():
+                z.writestr(entry, buffer.getvalue() if entry == "policy.pth" else original.read(entry))
+        return tmp_path / name
+
+    for name, policy, what in (
+        ("list.zip", [1, 2], "a value of type list"),
+        ("tensor.zip", torch.zeros(3), "a value of type Tensor"),
+        ("ints.zip", {"action_net.weight": 3}, "a value of type int at `action_net.weight`"),
+    ):
+        with pytest.raises(TransferError, match=rf"{name}: policy.pth holds {what}, not the mapping"):
+            load_source(with_policy(name, policy))
+
+
 def test_dqn_transfer_keeps_frozen_layer_and_its_target_copy_identical(tmp_path, tiny_transfer) -> None:
     source = DQN(
         "MlpPolicy", "CartPole-v1", seed=0, device="cpu", buffer_size=100, policy_kwargs={"net_arch": [16]}

@@ -177,6 +177,21 @@ def test_an_interrupted_search_resumes_keeping_finished_trials(
         ({"space": {"lr": {"low": 0.01, "high": 0.001}}}, "space.lr"),
         ({"storage": "nosuchdb://x"}, "`storage` nosuchdb://x"),
         ({"space": {"optimizer": ["adam", "lion"]}}, "space.optimizer.*unknown optimizer 'lion'"),
+        ({"space": {"lr": []}}, r"`space.lr` is invalid: List should have at least 1 item"),
+        ({"space": {"optimizer": []}}, r"`space.optimizer` is invalid: List should have at least 1 item"),
+        ({"space": {"lr": ["fast", "slow"]}}, r"`space.lr.0` is invalid: Input should be a valid number"),
+        (
+            {"space": {"decay_to": ["zero", "bogus"]}},
+            r"`space.decay_to.1` is invalid: Input should be 'zero' or",
+        ),
+        (
+            {"target": {"id": "Pendulum-v1"}},
+            r"`target` Pendulum-v1 has no reward threshold; set the tuning's",
+        ),
+        (
+            {"targets": [{"id": "CartPole-v1"}]},
+            r"`targets` is not a known setting \(did you mean `target`\?\)",
+        ),
     ],
 )
 def test_bad_tunings_are_refused_before_any_trial(tune, tmp_path: Path, change, expected) -> None:
@@ -184,6 +199,15 @@ def test_bad_tunings_are_refused_before_any_trial(tune, tmp_path: Path, change, 
     with pytest.raises(ConfigError, match=expected):
         run_tune(tune)
     assert not (tmp_path / "runs" / "tiny-tune" / "trials").exists()
+
+
+def test_a_tuning_named_like_a_run_leaves_its_folder_alone(tune, tmp_path: Path) -> None:
+    folder = tmp_path / "runs" / "tiny-tune"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"tiny-tune is the folder of a run \(it holds run.json\)"):
+        run_tune(tune)
+    assert [p.name for p in folder.iterdir()] == ["run.json"]
 
 
 def test_a_worker_refuses_an_sqlite_storage_it_cannot_see(tmp_path: Path) -> None:

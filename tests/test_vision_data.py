@@ -143,3 +143,19 @@ def test_a_16_bit_greyscale_png_keeps_its_grey_levels(tmp_path: Path) -> None:
     Image.fromarray(levels).save(tmp_path / "deep.png")
     grey = np.asarray(open_image(tmp_path / "deep.png", channels=1))
     assert len(np.unique(grey)) == 256 and grey.min() == 0 and grey.max() == 255
+
+
+def test_a_float_tiff_keeps_its_grey_levels(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from rltransfer.vision.data import open_image
+
+    ramp = np.linspace(0.0, 1.0, 64 * 64, dtype=np.float32).reshape(64, 64)  # 0 .. 1, as cameras write them
+    Image.fromarray(ramp).save(tmp_path / "ramp.tif")
+    Image.fromarray(np.ones((8, 8), np.float32)).save(tmp_path / "white.tif")
+    Image.fromarray(np.full((8, 8), 128.0, np.float32)).save(tmp_path / "mid-255.tif")
+    grey = np.asarray(open_image(tmp_path / "ramp.tif", channels=1))
+    assert len(np.unique(grey)) == 256 and grey.min() == 0 and grey.max() == 255
+    assert np.asarray(open_image(tmp_path / "white.tif", channels=3)).min() == 255
+    assert set(np.unique(np.asarray(open_image(tmp_path / "mid-255.tif", channels=1)))) == {128}

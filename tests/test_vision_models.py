@@ -3,6 +3,7 @@ weights files, and frozen BatchNorm."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -106,9 +107,23 @@ def test_a_pickled_weights_file_is_refused_not_run(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"conv.weight": torch.zeros(1), "payload": Payload()}, path)
     spec = ModelSpec(arch="small_cnn", num_classes=2, classes=["a", "b"], in_channels=1, image_size=8)
-    with pytest.raises(TransferError, match="Cannot read weights"):
+    with pytest.raises(TransferError, match="Cannot read weights") as refused:
         build_classifier(spec, str(path))
     assert not marker.exists()
+    # what the loader objected to, and never torch's advice to load the file unsafely
+    assert "Unsupported global" in str(refused.value) and "weights_only" not in str(refused.value)
+    (tmp_path / "garbage.pt").write_bytes(b"garbage" * 100)
+    with pytest.raises(TransferError, match=r"garbage.pt: not a PyTorch weights file") as refused:
+        build_classifier(spec, str(tmp_path / "garbage.pt"))
+    assert "weights_only" not in str(refused.value)
+
+    class Blocked:
+        def __reduce__(self):  # noqa: ANN204
+            return (os.system, ("true",))
+
+    torch.save({"conv.weight": Blocked()}, tmp_path / "blocked.pt")
+    with pytest.raises(TransferError, match=r"blocked.pt: Trying to load unsupported GLOBAL \w+\.system"):
+        build_classifier(spec, str(tmp_path / "blocked.pt"))
 
 
 def _bn_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -614,3 +614,12 @@ def test_image_l2sp_runs_the_transfer_phase_and_needs_something_to_decay_toward(
             config.model_copy(update={"source": None, "name": "random"}), progress=False, log=lambda *_: 0
         )
     assert not (tmp_path / "runs" / "random").exists()
+
+
+def test_predict_with_a_model_path_that_does_not_exist_says_so(tmp_path: Path) -> None:
+    from rltransfer.core.errors import TransferError
+    from rltransfer.vision.pipeline import predict
+
+    (tmp_path / "run").mkdir()
+    with pytest.raises(TransferError, match=r"Model .*run/model.json does not exist"):
+        predict(tmp_path / "run" / "model.json", [tmp_path / "x.png"], device="cpu")

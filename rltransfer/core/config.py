@@ -13,7 +13,11 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from rltransfer.core.errors import ConfigError, did_you_mean
+from rltransfer.core.errors import ConfigError, did_you_mean, shown
+
+NAME_MAX = 200
+"""The longest name (run, study, tuning, strategy, stage): it becomes a folder name, which file systems limit to 255
+bytes, and a moved-aside run gets a time stamp appended."""
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
 """A name that is one plain path component: letters, digits, ``_ . -``, and not only dots (``.``, ``..``)."""
@@ -82,6 +86,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         ) from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a UTF-8 text file; a config must be YAML text.") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{path} nests lists or mappings too deeply to be read; a config needs only a few levels. Check the "
+            "file for runaway brackets."
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -100,7 +109,11 @@ def parse_config(data: dict[str, Any], model: type[ConfigT], origin: str = "conf
     try:
         config = model.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_explain(error, model, origin)) from None
+        raise ConfigError(_explain(error, model, origin, data)) from None
+    except RecursionError:
+        raise ConfigError(
+            f"{origin} nests lists or mappings too deeply to be checked; a config needs only a few levels."
+        ) from None
     if isinstance(config, Section):
         config.check(origin)
     return config
@@ -133,9 +146,40 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any, origin: str = "con
     node[keys[-1]] = value
 
 
-def _explain(error: ValidationError, model: type[BaseModel], origin: str) -> str:
-    # inside a union (e.g. a strategy name or mapping) the deepest error is the one that explains the mistake
-    first = max(error.errors(), key=lambda item: len(item["loc"]))
+OTHER_KINDS = {
+    "targets": "study",
+    "strategies": "study",
+    "space": "tune",
+    "trials": "tune",
+    "stages": "image",
+}
+"""Top-level keys that mark a config for another command."""
+
+
+def _explain(error: ValidationError, model: type[BaseModel], origin: str, data: dict[str, Any]) -> str:
+    errors = error.errors()
+    # a config of another command: it has that command's keys, lacks a required one here and has none of the keys
+    # that mark this command's configs (a tune config with a stray `targets` is still a tune config)
+    own = {key for key in OTHER_KINDS if key in model.model_fields}
+    lacks = any(item["type"] == "missing" and len(item["loc"]) == 1 for item in errors)
+    for item in errors if lacks and not own & set(data) else []:
+        key = item["loc"][0] if item["type"] == "extra_forbidden" and len(item["loc"]) == 1 else None
+        if key in OTHER_KINDS and key not in model.model_fields:
+            command = OTHER_KINDS[key]
+            return (
+                f"{origin} is a config of `rltransfer {command}` (it has `{key}`), not of this command. Run it "
+                f"with `rltransfer {command}`."
+            )
+    # inside a union (e.g. a strategy name or mapping) the deepest error is the one that explains the mistake; at
+    # equal depth an unknown key (often a misspelt one) explains more than the required key it was meant to be
+    first = max(
+        errors,
+        key=lambda item: (
+            len(item["loc"]),
+            item["type"] == "extra_forbidden",
+            item["type"] not in ("model_type", "model_attributes_type", "dict_type", "list_type"),
+        ),
+    )
     location = _trim_union_tags(first["loc"])
     kind = first["type"]
     if kind == "extra_forbidden":
@@ -150,9 +194,9 @@ def _explain(error: ValidationError, model: type[BaseModel], origin: str) -> str
     if kind == "missing":
         return f"{origin}: `{location}` is required but missing. Add it to the config."
     got = first.get("input")
-    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    value = shown(got) if not isinstance(got, dict) else "a mapping"
     message = str(first["msg"]).removeprefix("Value error, ")
-    return f"{origin}: `{location}` is invalid: {message} (got {shown}). Fix the value in the config."
+    return f"{origin}: `{location}` is invalid: {message} (got {value}). Fix the value in the config."
 
 
 MOVED = {
@@ -177,6 +221,9 @@ lives here."""
 
 _UNION_TAGS = {
     "list[int]",
+    "list[float]",
+    "list[str]",
+    "list[any]",
     "dict[str,list[int]]",
     "float",
     "str",
@@ -193,7 +240,7 @@ def _trim_union_tags(loc: tuple[Any, ...]) -> str:
     for part in loc:
         text = str(part)
         # pydantic names union members (e.g. 'list[int]', 'AgentConfig', 'literal[...]') inside the location
-        if text in _UNION_TAGS or text.startswith(("literal[", "function-", "constrained-")):
+        if text in _UNION_TAGS or text.startswith(("literal[", "function-", "constrained-", "list[literal[")):
             continue
         parts.append(text)
     return ".".join(parts) or "(top level)"

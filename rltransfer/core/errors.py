@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
+from typing import Any
 
 
 class RLTransferError(Exception):
@@ -36,6 +38,32 @@ def short_list(names: Iterable[str], limit: int = 40) -> str:
     names = list(names)
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 80, 80
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 6
+
+
+def shown(value: Any, limit: int = 200) -> str:
+    """`value` quoted for an error message, cut to about `limit` characters (a huge value stays one line)."""
+    text = _SHOWN.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def unpickler_reason(error: Exception) -> str:
+    """What PyTorch's weights-only loader objected to, without its advice to load the file unsafely (with
+    ``weights_only=False`` or an allowlist), which would run code from the file."""
+    lines = str(error).splitlines()
+    for line in lines:
+        if "WeightsUnpickler error" in line:
+            reason = line.split("WeightsUnpickler error:", 1)[-1].split(". Please use", 1)[0].strip()
+            return reason or "not a PyTorch weights file"
+    for line in lines:  # e.g. "Trying to load unsupported GLOBAL posix.system whose module posix is blocked."
+        if "unsupported" in line.lower() and "weights_only" not in line:
+            return line.strip().rstrip(".")
+    first = lines[0].strip() if lines else ""
+    return first if first and "weights_only" not in first else type(error).__name__
 
 
 class StorageError(RLTransferError, OSError):

@@ -145,6 +145,23 @@ def _in_use(run_dir: Path) -> bool:
     return False
 
 
+_MARKERS = {"run.json": "a run", "study.yaml": "a study", "tune.yaml": "a tuning"}
+"""The file that each kind of rltransfer folder holds."""
+
+
+def refuse_foreign_dir(folder: Path, marker: str, kind: str) -> None:
+    """A study or tuning writes only into a folder of its own (one holding `marker`, its saved config) or a new
+    one; the folder of another run, study or tuning of the same name is never touched."""
+    if not folder.is_dir() or (folder / marker).is_file():
+        return
+    for other, what in _MARKERS.items():
+        if (folder / other).is_file():
+            raise ConfigError(
+                f"{folder} is the folder of {what} (it holds {other}), not of a {kind}; the {kind} leaves it "
+                f"alone. Give the {kind} another `name` (--name) or `log_root`."
+            )
+
+
 def prepare_run_dir(log_root: str | Path, name: str) -> Path:
     """Create ``log_root/name`` and lock it for this process; an earlier run of that name is moved aside to
     ``name.<its time>``, not deleted, and a run of that name still in progress elsewhere is refused."""

@@ -30,12 +30,15 @@ class SaveBest(BaseCallback):
         self.path = path
         self.threshold = threshold
         self.best_step: int | None = None
+        self.best_updates: int | None = None
+        """The agent's gradient updates when the best was saved (0: the best is the untrained network)."""
         self.reached_threshold_at: int | None = None
 
     def _on_step(self) -> bool:
         assert self.parent is not None
         save_model(self.model, self.path)
         self.best_step = self.num_timesteps
+        self.best_updates = getattr(self.model, "_n_updates", None)
         # the step-0 evaluation never stops training: a run always trains for at least one evaluation period
         if (
             self.threshold is not None
@@ -113,6 +116,7 @@ class EvaluateAndKeepBest(EvalCallback):
             "last_mean_reward": float(self.last_mean_reward),
             "curve": self.curve,
             "best_step": self.save_best.best_step,
+            "best_updates": self.save_best.best_updates,
             "stop_calls": stop.n_calls if stop is not None else 0,
             "no_improvement_evals": getattr(stop, "no_improvement_evals", 0),
             "last_best_mean_reward": float(getattr(stop, "last_best_mean_reward", -np.inf)),
@@ -126,6 +130,7 @@ class EvaluateAndKeepBest(EvalCallback):
         self.best_mean_reward, self.last_mean_reward = state["best_mean_reward"], state["last_mean_reward"]
         self.curve = state["curve"]
         self.save_best.best_step = state["best_step"]
+        self.save_best.best_updates = state.get("best_updates")
         if self.callback is not None:
             self.callback.n_calls = state["stop_calls"]
             self.callback.no_improvement_evals = state["no_improvement_evals"]

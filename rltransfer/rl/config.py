@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import Field, FiniteFloat, PositiveInt, field_validator, model_validator
 
 from rltransfer.agents.config import AgentConfig
-from rltransfer.core.config import NAME_PATTERN, Section, check_device
+from rltransfer.core.config import NAME_MAX, NAME_PATTERN, Section, check_device
 from rltransfer.core.errors import ConfigError
 
 
@@ -59,7 +59,7 @@ class EvalConfig(Section):
     """Stop when this many evaluations in a row bring no new best (null: never stop early)."""
     min_evals: int = Field(2, ge=0)
     """Evaluations before early stopping may trigger."""
-    threshold: float | Literal["env"] | None = None
+    threshold: FiniteFloat | Literal["env"] | None = None
     """Stop as soon as the mean evaluation return reaches this; ``env`` takes the env's reward threshold."""
 
 
@@ -75,7 +75,7 @@ class CheckpointConfig(Section):
 class RunConfig(Section):
     """What every run has: a name, a game, a budget, evaluation and where its files go."""
 
-    name: str = Field(..., min_length=1, pattern=NAME_PATTERN)
+    name: str = Field(..., min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)
     """Run name: the run directory is ``<log_root>/<name>``."""
     seed: int = Field(0, ge=0)
     device: str = "auto"

@@ -75,8 +75,8 @@ def evaluate(
     `video_dir`, every episode is recorded to an MP4 there (needs ``pip install "rltransfer[video]"``)."""
     if episodes < 1:
         raise ConfigError(f"--episodes must be at least 1, got {episodes}.")
-    if seed < 0:
-        raise ConfigError(f"--seed must be a non-negative integer, got {seed}.")
+    if not 0 <= seed <= 2**32 - 1:
+        raise ConfigError(f"--seed must be an integer from 0 to 2**32 - 1 (4294967295), got {seed}.")
     try:
         check_device(device)
     except ValueError as error:

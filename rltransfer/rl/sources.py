@@ -11,6 +11,7 @@ import io
 import json
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from stable_baselines3.common.save_util import load_from_zip_file
 from rltransfer.agents.builder import ACTIVATIONS
 from rltransfer.agents.config import AgentConfig, PolicyConfig, parse_agent
 from rltransfer.core.config import load_yaml
-from rltransfer.core.errors import TransferError, short_list
+from rltransfer.core.errors import TransferError, short_list, unpickler_reason
 from rltransfer.core.record import RECORD, RunRecord
 from rltransfer.rl.hub import fetch, is_hub
 from rltransfer.rl.normalization import VEC_NORMALIZE, ObservationScaling, read_scaling
@@ -65,6 +66,7 @@ def load_source(source: str | Path, trust: bool = False) -> SourceAgent:
             "or to an SB3 .zip saved with model.save(...); relative paths start at the current directory."
         )
     state_dict, data = _read_zip_trusted(path) if trust else _read_zip(path)
+    _check_weights(path, state_dict)
     _check_finite(path, state_dict)
     agent = None
     config_path = path.parent / "config.yaml"
@@ -87,12 +89,26 @@ def load_source(source: str | Path, trust: bool = False) -> SourceAgent:
     )
 
 
-def _unpickler_reason(error: Exception) -> str:
-    """What the weights-only loader objected to, without torch's advice to load the file unsafely."""
-    for line in str(error).splitlines():
-        if "WeightsUnpickler error" in line:
-            return line.strip()
-    return type(error).__name__
+def _check_weights(path: Path, state_dict: Any) -> None:
+    """SB3 saves the policy as a mapping of tensor names to tensors; anything else is not an agent's weights."""
+    if not isinstance(state_dict, dict):
+        what = f"a value of type {type(state_dict).__name__}"
+    else:
+        wrong = next(
+            ((key, value) for key, value in state_dict.items() if not isinstance(value, torch.Tensor)), None
+        )
+        if wrong is None and all(isinstance(key, str) for key in state_dict):
+            return
+        what = (
+            f"a value of type {type(wrong[1]).__name__} at `{wrong[0]}`"
+            if wrong is not None
+            else "keys that are not tensor names"
+        )
+    raise TransferError(
+        f"{path}: policy.pth holds {what}, not the mapping of tensor names to tensors that SB3 saves, so it is "
+        "not an agent's weights. The file is damaged or was not written by SB3's model.save(...); use another "
+        "model of the run or re-save the agent."
+    )
 
 
 def _check_finite(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
@@ -126,10 +142,32 @@ def _read_zip_trusted(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     return params["policy"], readable
 
 
+def _damaged(path: Path) -> TransferError:
+    return TransferError(
+        f"{path} is a damaged zip file (truncated or corrupt: its table of contents does not describe the file). "
+        "Copy or download the agent again, re-save it with SB3's model.save(...), or point `source` at another "
+        "model of the run (e.g. last_model.zip)."
+    )
+
+
+def _first_entry(path: Path) -> str | None:
+    """The name in the zip's first local header: a zip whose table of contents lacks it lost its own table
+    (truncated), and what zipfile found is a zip stored inside it (SB3's policy.pth is itself one)."""
+    with open(path, "rb") as file:
+        header = file.read(30)
+        if len(header) < 30 or header[:4] != b"PK\x03\x04":
+            return None
+        length = int.from_bytes(header[26:28], "little")
+        return file.read(length).decode("utf-8", errors="replace")
+
+
 def _read_zip(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
+            first = _first_entry(path)
+            if first is not None and first not in names:
+                raise _damaged(path)
             if "policy.pth" not in names:
                 raise TransferError(
                     f"{path} is a zip file but not an SB3 agent (no policy.pth inside; it holds {short_list(names, 8)}). "
@@ -142,11 +180,13 @@ def _read_zip(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             f"{path} is not a readable zip file (truncated, corrupt, or another format). "
             "Re-save the agent with SB3's model.save(...) or point `source` at another file."
         ) from None
+    except (EOFError, zlib.error):  # an entry cut short or corrupt inside a zip whose table survived
+        raise _damaged(path) from None
     try:
         state_dict = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     except Exception as error:  # the weights-only unpickler rejects anything but tensors and plain containers
         raise TransferError(
-            f"{path}: policy.pth could not be read as plain weights ({_unpickler_reason(error)}). The file is "
+            f"{path}: policy.pth could not be read as plain weights ({unpickler_reason(error)}). The file is "
             "damaged or carries objects other than tensors; rltransfer does not execute them. If you trust the "
             "file and it holds custom classes, `trust_source: true` loads it with SB3's own loader."
         ) from None

@@ -73,6 +73,9 @@ class RunResult:
     curve: list[dict[str, float]]
     stop_reason: str
     seconds: float
+    best_untrained: bool = False
+    """Training from scratch whose best evaluation came before the agent's first update: keep-best kept the
+    untrained network (PPO and A2C update once per rollout, so eval.every below one rollout evaluates it)."""
 
     def load_best(self, device: str = "auto") -> BaseAlgorithm:
         """Load the best model with plain SB3."""
@@ -80,9 +83,18 @@ class RunResult:
 
     def summary(self) -> str:
         best_at = f" at step {self.best_step:,}" if self.best_step is not None else ""
+        untrained = (
+            f"\nNote: the best model is the untrained network: its best evaluation{best_at} came before the "
+            "agent's first update, so it holds the weights the run started with (PPO and A2C update once per rollout "
+            "of n_steps x n_envs steps). Set eval.every to at least one rollout, or lower agent.hyperparams.n_steps, "
+            "for evaluations of trained networks."
+            if self.best_untrained
+            else ""
+        )
         return (
             f"{self.run_dir}: best evaluation return {self.best_mean_return:.1f}{best_at} after "
             f"{self.timesteps:,} steps in {self.seconds:.0f} s ({self.stop_reason}); best model: {self.best_model}"
+            + untrained
         )
 
 
@@ -414,6 +426,7 @@ def _finish(
         curve=evaluation.curve,
         stop_reason=evaluation.stop_reason or "budget spent",
         seconds=seconds,
+        best_untrained=not evaluation.initial_is_candidate and evaluation.save_best.best_updates == 0,
     )
     record.update(
         status="finished",
@@ -422,6 +435,7 @@ def _finish(
         timesteps=result.timesteps,
         stop_reason=result.stop_reason,
         seconds=round(seconds, 2),
+        best_untrained=result.best_untrained,
         parameters={"trainable": trainable, "frozen": frozen},
         **(on_finish() if on_finish is not None else {}),
     )

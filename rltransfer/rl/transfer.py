@@ -30,6 +30,7 @@ from rltransfer.rl.callbacks import OnEvaluation, UnfreezeAt
 from rltransfer.rl.chain import chain_stage_config, check_chain, stage_state, stage_summary
 from rltransfer.rl.config import EnvConfig, TransferConfig
 from rltransfer.rl.environment import make_envs
+from rltransfer.rl.hub import is_hub
 from rltransfer.rl.instances import attach_source_transitions
 from rltransfer.rl.mapping import LayerMapping, covered, describe_weights, map_weights
 from rltransfer.rl.normalization import VEC_NORMALIZE, apply_scaling, scaling_for
@@ -69,6 +70,8 @@ def transfer(
         config = resume_config(resume, TransferConfig)
         if source is not None:
             config = config.model_copy(update={"source": source})
+        else:
+            _check_source_still_there(config.source, Path(resume))
     config = coerce_config(config, TransferConfig)
     check_chain(config)
     run_dir = Path(resume) if resume is not None else None
@@ -255,6 +258,20 @@ def _announcing_zero_shot(then: OnEvaluation | None) -> OnEvaluation:
         return then(curve) if then is not None else None
 
     return listen
+
+
+def _check_source_still_there(source: str, run_dir: Path) -> None:
+    """A resumed transfer whose source moved says how to name where it lies now."""
+    path = Path(source)
+    if is_hub(source) or path.exists() or path.with_name(path.name + ".zip").exists():
+        return
+    release_run_dir(run_dir)
+    raise TransferError(
+        f"The source {source} that {run_dir} started from is gone (moved or deleted). If it moved, say where it "
+        f"lies now: rltransfer transfer --resume {run_dir} --source NEW_PATH (in Python: transfer(resume=..., "
+        "source=...)); it must be the same file (its SHA-256 is checked). Otherwise start the transfer again "
+        "without --resume."
+    )
 
 
 def _check_same_source(run_dir: Path, path: Path, source_digest: str) -> None:

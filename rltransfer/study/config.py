@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, FiniteFloat, PositiveInt, StrictInt, field_validator
 
 from rltransfer.agents.config import AgentConfig
-from rltransfer.core.config import NAME_PATTERN, Section, check_device
+from rltransfer.core.config import NAME_MAX, NAME_PATTERN, Section, check_device
 from rltransfer.core.errors import ConfigError
 from rltransfer.rl.config import ChainStage, check_budget
 
@@ -64,14 +64,14 @@ class StudyTarget(Section):
 
     id: str
     context: dict[str, Any] = Field(default_factory=dict)
-    label: str | None = Field(None, pattern=NAME_PATTERN)
+    label: str | None = Field(None, max_length=NAME_MAX, pattern=NAME_PATTERN)
     """Short name in reports and folders; default: the id without namespace and version."""
 
 
 class StudyStrategy(Section):
     """A user-named strategy: copy what fits, freeze and re-initialise the named layers, fine-tune the rest."""
 
-    name: str = Field(..., pattern=NAME_PATTERN)
+    name: str = Field(..., max_length=NAME_MAX, pattern=NAME_PATTERN)
     freeze: list[str] = Field(default_factory=list)
     reinit: list[str] = Field(default_factory=list)
     unfreeze_at: int | None = Field(None, ge=1)
@@ -130,14 +130,14 @@ class StudyExecution(Section):
 class StudyConfig(Section):
     """``rltransfer study``: one source, targets x strategies x seeds, compared with learning from scratch."""
 
-    name: str = Field(..., min_length=1, pattern=NAME_PATTERN)
+    name: str = Field(..., min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)
     log_root: str = "runs"
     device: str = "auto"
     source: StudySource
     targets: list[StudyTarget] = Field(..., min_length=1)
     strategies: list[str | StudyStrategy] = Field(default_factory=lambda: ["scratch", "finetune"])
     """Built in: scratch (always run, the baseline), finetune, freeze-trunk, head-only; or {name, freeze, reinit}."""
-    seeds: list[int] | int = 8
+    seeds: list[StrictInt] | StrictInt = 8
     """Seeds (a list, or a count n meaning 0..n-1); run r of every strategy uses seed r. The default, 8, lets the
     paired tests find a 2x speed-up in CartPole-like targets (docs/studies.md); with one strategy, 6 or fewer seeds
     can never reach a verdict."""
@@ -146,7 +146,7 @@ class StudyConfig(Section):
     n_envs: int | None = Field(None, ge=1)
     """Parallel envs per run; default: the source's."""
     eval: StudyEval = Field(default_factory=StudyEval)
-    threshold: float | Literal["env"] = "env"
+    threshold: FiniteFloat | Literal["env"] = "env"
     """Return for time-to-threshold; ``env`` uses each target's reward threshold."""
     last_evals: int = Field(3, ge=1)
     """Evaluations averaged for the asymptotic return."""

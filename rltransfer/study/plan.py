@@ -195,8 +195,9 @@ class StudySourceInfo:
     id: str
 
 
-def plan_study(config: StudyConfig) -> StudyPlan:
-    """Validate the whole study (source, targets, strategies, layer names, mappability) and list its runs."""
+def plan_study(config: StudyConfig, *, tuning: bool = False) -> StudyPlan:
+    """Validate the whole study (source, targets, strategies, layer names, mappability) and list its runs. With
+    `tuning`, errors name the tuning's own keys (its one `target`, the tuning's `threshold`)."""
     study_dir = Path(config.log_root) / config.name
     labels = [target_label(t) for t in config.targets]
     if len(set(labels)) != len(labels):
@@ -210,7 +211,8 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     n_envs = config.n_envs or (source.config.env.n_envs if source.config else 1)
     plan = StudyPlan(config, study_dir, source.path, source.config, {}, {})
     for index, (target, label) in enumerate(zip(config.targets, labels, strict=True)):
-        _plan_target(plan, source, strategies, f"targets.{index}", target, label, n_envs)
+        where = "target" if tuning else f"targets.{index}"
+        _plan_target(plan, source, strategies, where, target, label, n_envs, "tuning" if tuning else "study")
     return plan
 
 
@@ -291,6 +293,7 @@ def _plan_target(
     target: StudyTarget,
     label: str,
     n_envs: int,
+    owner: str = "study",
 ) -> None:
     """Check one target (game, threshold, mappability) and add its runs, every strategy x seed, to the plan."""
     config = plan.config
@@ -299,7 +302,7 @@ def _plan_target(
     threshold = config.threshold if config.threshold != "env" else reward_threshold(target.id)
     if threshold is None:
         raise ConfigError(
-            f"`{where}` {target.id} has no reward threshold; set the study's `threshold` to a return."
+            f"`{where}` {target.id} has no reward threshold; set the {owner}'s `threshold` to a return."
         )
     plan.thresholds[label] = float(threshold)
     policy = probe_policy(source.agent, EnvConfig(**env))

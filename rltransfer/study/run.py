@@ -16,7 +16,7 @@ from typing import Any
 from rltransfer.core.config import coerce_config, dump_config
 from rltransfer.core.errors import TransferError
 from rltransfer.core.interrupt import Interrupted, stop_on_signals
-from rltransfer.core.io import write_text
+from rltransfer.core.io import refuse_foreign_dir, write_text
 from rltransfer.rl.config import TrainConfig
 from rltransfer.study.config import StudyConfig
 from rltransfer.study.execute import execute_run, finished_elsewise, finished_result
@@ -40,6 +40,7 @@ def run_study(
     of `workers` processes, one per CPU core)."""
     config = coerce_config(config, StudyConfig)
     plan = plan_study(config)
+    refuse_foreign_dir(plan.study_dir, STUDY_CONFIG, "study")
     if executor is None:
         executor = make_executor(config, workers)
     check = getattr(executor, "check", None)

@@ -3,12 +3,12 @@ scratch's own hyperparameters, confirmed on fresh seeds."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, FiniteFloat, StrictInt, field_validator, model_validator
 
 from rltransfer.agents.config import AgentConfig
-from rltransfer.core.config import NAME_PATTERN, Section, check_device
+from rltransfer.core.config import NAME_MAX, NAME_PATTERN, Section, check_device
 from rltransfer.core.errors import ConfigError
 from rltransfer.rl.config import check_budget
 from rltransfer.study.config import StudyEval, StudyExecution, StudySource, StudyTarget, check_seeds
@@ -37,7 +37,10 @@ class FloatRange(Section):
         return self
 
 
-Choices = list[Any]
+Choices = Annotated[list[Any], Field(min_length=1)]
+NumberChoices = Annotated[list[float], Field(min_length=1)]
+NameChoices = Annotated[list[str], Field(min_length=1)]
+DecayTo = Literal["zero", "source"]
 LayerChoice = str | dict[str, list[str]]
 
 
@@ -49,19 +52,19 @@ class TuneSpace(Section):
 
     freeze: list[LayerChoice] = Field(default_factory=lambda: list(FREEZE_DEPTHS), min_length=1)
     reinit: list[LayerChoice] = Field(default_factory=lambda: ["none", "critic"], min_length=1)
-    lr: FloatRange | Choices | float = Field(
+    lr: FloatRange | NumberChoices | float = Field(
         default_factory=lambda: FloatRange(low=1e-4, high=3e-3, log=True)
     )
     """Learning rate (both arms)."""
-    weight_decay: FloatRange | Choices | float = Field(default_factory=lambda: [0.0, 1e-4])
+    weight_decay: FloatRange | NumberChoices | float = Field(default_factory=lambda: [0.0, 1e-4])
     """L2 weight decay (both arms)."""
-    dropout: FloatRange | Choices | float = 0.0
+    dropout: FloatRange | NumberChoices | float = 0.0
     """Dropout after each hidden layer (both arms)."""
-    optimizer: Choices | str = "adam"
+    optimizer: NameChoices | str = "adam"
     """Optimizer name (both arms): adam, adamw, rmsprop, adagrad, sgd."""
     unfreeze_at: Choices | int | None = None
     """Two-phase fine-tuning: the frozen layers train too after this many steps (null: never)."""
-    decay_to: Choices | str = "zero"
+    decay_to: Annotated[list[DecayTo], Field(min_length=1)] | DecayTo = "zero"
     """Transfer arm: plain weight decay (``zero``) or L2-SP (``source``: toward the source's weights), e.g.
     ``[zero, source]``."""
     hyperparams: dict[str, FloatRange | Choices | Any] = Field(default_factory=dict)
@@ -107,7 +110,7 @@ class PrunerConfig(Section):
 class TuneConfig(Section):
     """``rltransfer tune``: the best transfer recipe for one target against an equally tuned scratch control."""
 
-    name: str = Field(..., min_length=1, pattern=NAME_PATTERN)
+    name: str = Field(..., min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)
     log_root: str = "runs"
     device: str = "auto"
     source: StudySource
@@ -117,7 +120,7 @@ class TuneConfig(Section):
     n_envs: int | None = Field(None, ge=1)
     """Parallel envs per run; default: the source's."""
     eval: StudyEval = Field(default_factory=StudyEval)
-    threshold: float | Literal["env"] = "env"
+    threshold: FiniteFloat | Literal["env"] = "env"
     """Return for time-to-threshold (reported beside the objective); ``env`` uses the target's threshold."""
     last_evals: int = Field(3, ge=1)
     """Evaluations averaged for the asymptotic return in the confirmation."""
@@ -125,9 +128,9 @@ class TuneConfig(Section):
     """Agent both arms start from before the search changes it; default: the source's."""
     trials: int = Field(20, ge=1)
     """Trials per arm: the transfer search and the scratch search get the same number."""
-    trial_seeds: list[int] | int = Field(default_factory=lambda: [100, 101])
+    trial_seeds: list[StrictInt] | StrictInt = Field(default_factory=lambda: [100, 101])
     """Seeds every trial runs (their mean is the trial's score); a count n means 100..100+n-1."""
-    confirm_seeds: list[int] | int = 10
+    confirm_seeds: list[StrictInt] | StrictInt = 10
     """Fresh seeds of the confirmation study (best transfer recipe against best scratch); a count n means
     0..n-1. They may not overlap the trial seeds."""
     sampler_seed: int = Field(0, ge=0)

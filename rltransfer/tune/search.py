@@ -19,7 +19,7 @@ from rltransfer.agents.config import parse_agent
 from rltransfer.core.config import coerce_config, dump_config
 from rltransfer.core.errors import ConfigError, TransferError
 from rltransfer.core.interrupt import Interrupted, stop_on_signals
-from rltransfer.core.io import write_text
+from rltransfer.core.io import refuse_foreign_dir, write_text
 from rltransfer.rl.config import EnvConfig
 from rltransfer.rl.mapping import map_weights
 from rltransfer.study.config import StudyConfig
@@ -117,6 +117,7 @@ def _setup(config: TuneConfig) -> TuneSetup:
     """Plan the target as a study would (source, target, mappability), resolve the layer choices, open the
     storage; write ``tune.yaml``."""
     tune_dir = Path(config.log_root) / config.name
+    refuse_foreign_dir(tune_dir, TUNE_CONFIG, "tuning")
     probe = StudyConfig(
         name=config.name,
         log_root=config.log_root,
@@ -133,7 +134,7 @@ def _setup(config: TuneConfig) -> TuneSetup:
         agent=config.agent,
         execution=config.execution,
     )
-    plan = plan_study(probe)
+    plan = plan_study(probe, tuning=True)
     runs = {
         "scratch": next(spec.config for spec in plan.runs if spec.strategy == "scratch"),
         "transfer": next(spec.config for spec in plan.runs if spec.strategy == "finetune"),

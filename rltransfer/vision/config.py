@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rltransfer.core.config import NAME_PATTERN, Section, check_device
+from rltransfer.core.config import NAME_MAX, NAME_PATTERN, Section, check_device
 from rltransfer.core.optim import OptimizerName
 
 
@@ -118,7 +118,7 @@ class DataConfig(Section):
 class StageConfig(Section):
     """One training stage: which layers train, for how long, at which learning rates."""
 
-    name: str = Field(..., pattern=NAME_PATTERN)
+    name: str = Field(..., max_length=NAME_MAX, pattern=NAME_PATTERN)
     train: list[str] = Field(default_factory=lambda: ["head"])
     """Layers that train (names, globs, ``up_to:NAME``; ``head`` is the new head, ``*`` everything); the rest
     is frozen."""
@@ -179,7 +179,7 @@ class ImageConfig(Section):
     """``rltransfer image``: (a) optionally train a source network, (b) transfer it to the target data in stages,
     then compare with a network trained from scratch on the same labels."""
 
-    name: str = Field(..., min_length=1, pattern=NAME_PATTERN)
+    name: str = Field(..., min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)
     seed: int = Field(0, ge=0)
     device: str = "auto"
     log_root: str = "runs"

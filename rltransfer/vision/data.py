@@ -165,9 +165,16 @@ class ImageSet(Dataset):
 
 
 def _eight_bit(image: Any) -> Any:
-    """16-bit and 32-bit integer greyscale scaled to 0-255 (PIL's own conversion clips them to two values)."""
+    """16-bit and 32-bit integer greyscale scaled to 0-255 (PIL's own conversion clips them to two values), and
+    32-bit float greyscale (mode F) read as 0-1 when it stays within it, else as 0-255, else scaled to its
+    maximum (PIL's own conversion would clip 0-1 values to black)."""
     from PIL import Image
 
+    if image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        peak = float(values.max(initial=0))
+        top = 1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else peak
+        return Image.fromarray(np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8), mode="L")
     if image.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
         return image
     values = np.asarray(image, dtype=np.float64)

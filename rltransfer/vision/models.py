@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rltransfer.core.errors import ConfigError, TransferError, did_you_mean, short_list
+from rltransfer.core.errors import ConfigError, TransferError, did_you_mean, short_list, unpickler_reason
 from rltransfer.core.heads import find_head, replace_head
 
 SMALL_CNN = "small_cnn"
@@ -207,7 +207,7 @@ def read_state_dict(path: Path, arch: str | None = None) -> dict[str, torch.Tens
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for truncated, foreign or pickled-code files
         raise TransferError(
-            f"Cannot read weights from {path}: {str(error).splitlines()[0]}. The file is truncated or is not a "
+            f"Cannot read weights from {path}: {unpickler_reason(error)}. The file is truncated or is not a "
             "plain state dict of tensors (files that need unpickling code are refused)."
         ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -452,6 +452,11 @@ def load_classifier(
     """A trained classifier from a model folder (model.json + model.pt) or a run directory, weights-only.
     A model trained from your own ``nn.Module`` needs ``module``, an instance of that class."""
     path = Path(path)
+    if not path.exists():
+        raise TransferError(
+            f"Model {path} does not exist (relative paths start at {Path.cwd()}). Give the run directory made by "
+            "`rltransfer image` (or its model/ folder)."
+        )
     if path.is_file():
         path = path.parent
     path = model_folder(path)
