@@ -151,3 +151,22 @@ def test_a_study_compares_kickstarting_as_a_strategy(tiny_source: Path, tmp_path
     assert runs["kickstart"].config["agent"]["kickstart"]["weight"] == 1.0
     assert runs["finetune"].config["agent"]["kickstart"]["weight"] == 0.0
     assert runs["scratch"].config["agent"]["kickstart"]["weight"] == 0.0
+
+
+def test_continuous_actions_are_kickstarted_through_their_gaussians(tmp_path: Path) -> None:
+    agent = {"algo": "ppo", "hyperparams": {"n_steps": 64, "batch_size": 64, "n_epochs": 2},
+             "policy": {"hidden": [16]}}  # fmt: skip
+    base = {"seed": 0, "device": "cpu", "log_root": str(tmp_path / "runs"), "budget": 512,
+            "eval": {"every": 256, "episodes": 2, "patience": None}}  # fmt: skip
+    source = rltransfer.train(
+        {**base, "name": "pendulum", "env": {"id": "rltransfer/Pendulum-v1", "n_envs": 2}, "agent": agent},
+        progress_bar=False,
+    ).run_dir
+    result = rltransfer.transfer(
+        {**base, "name": "kick", "source": str(source), "env": {"id": "rltransfer/PendulumHeavy-v1", "n_envs": 2},
+         "agent": {"kickstart": {"weight": 1.0}}},
+        progress_bar=False,
+    )  # fmt: skip
+    rows = _progress(result.run_dir)
+    losses = [float(row["train/kickstart_loss"]) for row in rows if row["train/kickstart_loss"]]
+    assert losses and all(loss >= 0.0 for loss in losses) and any(loss > 0.0 for loss in losses)
