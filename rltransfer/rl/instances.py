@@ -22,8 +22,6 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from rltransfer.core.errors import ConfigError
 from rltransfer.rl.config import EnvConfig
 
-OFF_POLICY = ("dqn", "sac", "td3")
-
 
 class MixingReplayBuffer(ReplayBuffer):
     """SB3's ReplayBuffer whose batches mix in a share of samples from a second buffer (the source's)."""
