@@ -73,13 +73,13 @@ class OptimizerConfig(Section):
 class KickstartConfig(Section):
     """Kickstarting (transfers): a distillation loss toward the source's policy whose weight decays to zero."""
 
-    weight: float = Field(0.0, ge=0.0)
+    weight: float = Field(0.0, ge=0.0, allow_inf_nan=False)
     """The loss weight at the start of fine-tuning; 0 turns kickstarting off."""
     steps: int | None = Field(None, ge=1)
     """Environment steps over which the weight goes to zero; null: the transfer's budget."""
     schedule: Literal["linear", "constant"] = "linear"
     """``linear``: from `weight` down to 0 at `steps`; ``constant``: `weight` until `steps`, then 0."""
-    temperature: float = Field(0.01, gt=0.0)
+    temperature: float = Field(0.01, gt=0.0, allow_inf_nan=False)
     """DQN: the softmax temperature that turns Q-values into the distributions compared (Rusu et al., 2016)."""
 
 
@@ -88,7 +88,7 @@ class SourceTransitionsConfig(Section):
 
     steps: int = Field(0, ge=0)
     """Transitions the source policy collects before fine-tuning; 0 turns it off."""
-    share: float = Field(0.5, ge=0.0, le=1.0)
+    share: float = Field(0.5, ge=0.0, le=1.0, allow_inf_nan=False)
     """Share of every replayed batch drawn from them at the start."""
     decay_steps: int | None = Field(None, ge=1)
     """Environment steps over which that share goes linearly to 0; null: the transfer's budget."""
@@ -112,8 +112,11 @@ class AgentConfig(Section):
     source_transitions: SourceTransitionsConfig = Field(default_factory=SourceTransitionsConfig)
     """Transfers with DQN, SAC or TD3: replay the source's own transitions beside the target's."""
 
-    def check(self, origin: str) -> None:
-        check_hyperparams(self, origin)
+    def check(self, origin: str, inherits: bool = False) -> None:
+        """`inherits`: a transfer's, study's or tuning's section, written on top of the source's agent; without
+        its own `algo` the hyperparameters are checked once the source's algorithm is known."""
+        if not inherits or "algo" in self.model_fields_set:
+            check_hyperparams(self, origin)
         if self.kickstart.weight > 0 and "algo" in self.model_fields_set:  # else: the source's, checked later
             from rltransfer.agents.kickstart import KICKSTART_ALGOS
 

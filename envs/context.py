@@ -7,6 +7,7 @@ from the game's own random generator (so a seeded env draws the same contexts), 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,13 +55,13 @@ def parse_distribution(value: Any, where: str, low: float, high: float) -> Conte
         ):
             raise ConfigError(
                 f"`{where}` must be a number, a list of numbers to choose from at each episode, or "
-                f"{{uniform: [low, high]}} with low < high; got {shown(value, 80)}."
+                f"{{uniform: [low, high]}} with finite low < high; got {shown(value, 80)}."
             )
         distribution = ContextDistribution(low=float(bounds[0]), high=float(bounds[1]))
     else:
         if not value or not all(_is_number(item) for item in value):
             raise ConfigError(
-                f"`{where}`: a list gives the values to choose from at each episode and must hold numbers; "
+                f"`{where}`: a list gives the values to choose from at each episode and must hold finite numbers; "
                 f"got {shown(value, 80)}."
             )
         distribution = ContextDistribution(choices=tuple(float(item) for item in value))
@@ -74,7 +75,7 @@ def parse_distribution(value: Any, where: str, low: float, high: float) -> Conte
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class ContextSampling(gym.Wrapper):

@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rank candidate sources on a target game with a cheap probe: each becomes the target's agent "
         "as a fine-tuning run would build it (what fits is copied), plays --episodes deterministic episodes "
         "(after --finetune steps, if given) and is compared with a random policy on the same episodes. The best "
-        "source that beats random (paired sign-flip test at 5%%, Holm-corrected) is chosen; when none does, "
+        "source that beats random (paired sign-flip test at 5%, Holm-corrected) is chosen; when none does, "
         "learning from scratch is recommended.",
     )
     select.add_argument(
@@ -407,7 +407,14 @@ def _select(args: argparse.Namespace) -> int:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--context {item!r} must look like KEY=VALUE, e.g. --context pole_length=0.3.")
-        context[key] = yaml.safe_load(value)
+        try:
+            context[key] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            reason = str(error).splitlines()[0]
+            raise ConfigError(
+                f"--context {item!r}: the value is not valid YAML ({reason}). Give a number, a list such as "
+                "[0.5, 1.0], or {uniform: [0.3, 2.0]} (quoted in the shell)."
+            ) from None
     if args.seed < 0:
         raise ConfigError(f"--seed must be a non-negative integer, got {args.seed}.")
     try:

@@ -120,3 +120,16 @@ def test_families_that_cannot_redraw_say_so() -> None:
         context = {"difficulty_ramping": [0.0, 1.0]}
         make_envs(EnvConfig(id="rltransfer/MinAtarBreakout-v1", context=context, n_envs=1), 0)
     assert "CartPole" in str(error.value) and "env.context.difficulty_ramping" in str(error.value)
+
+
+@pytest.mark.parametrize("value", [[float("nan"), 1.0], {"uniform": [0.5, float("inf")]}])
+def test_values_that_are_not_finite_are_refused(value) -> None:
+    with pytest.raises(ConfigError, match="finite"):
+        make_envs(EnvConfig(id=CARTPOLE, context={"pole_length": value}, n_envs=1), 0)
+
+
+def test_a_run_that_observed_its_context_is_evaluated_on_its_own_game(tiny_train) -> None:
+    env = {"id": CARTPOLE, "n_envs": 2, "context": {"pole_length": [0.4, 1.5]}, "observe_context": True}
+    result = rltransfer.train({**tiny_train, "env": env}, progress_bar=False)
+    assert len(rltransfer.evaluate(result.run_dir, episodes=2, device="cpu").returns) == 2
+    assert len(rltransfer.evaluate(result.run_dir, env=CARTPOLE, episodes=2, device="cpu").returns) == 2

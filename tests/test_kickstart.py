@@ -170,3 +170,20 @@ def test_continuous_actions_are_kickstarted_through_their_gaussians(tmp_path: Pa
     rows = _progress(result.run_dir)
     losses = [float(row["train/kickstart_loss"]) for row in rows if row["train/kickstart_loss"]]
     assert losses and all(loss >= 0.0 for loss in losses) and any(loss > 0.0 for loss in losses)
+
+
+@pytest.mark.parametrize("key", ["weight", "temperature"])
+def test_infinite_kickstart_settings_are_refused_naming_the_key(key: str) -> None:
+    from rltransfer.agents.config import parse_agent
+
+    with pytest.raises(ConfigError, match=f"kickstart.{key}"):
+        parse_agent({"algo": "dqn", "kickstart": {"weight": 1.0, key: float("inf")}})
+
+
+def test_a_transfer_s_own_hyperparameters_are_checked_against_the_source_s_algorithm(tmp_path: Path) -> None:
+    config = {"name": "t", "source": "x", "budget": 512, "env": {"id": "CartPole-v1"}, "eval": {"every": 256},
+              "agent": {"hyperparams": {"learning_starts": 64}}}  # fmt: skip
+    rltransfer.TransferConfig.model_validate(config).check("t.yaml")  # DQN's setting: checked once inherited
+    with pytest.raises(ConfigError, match="not a setting of PPO"):
+        config["agent"]["algo"] = "ppo"
+        rltransfer.TransferConfig.model_validate(config).check("t.yaml")

@@ -190,3 +190,33 @@ def test_auto_needs_candidates_and_candidates_need_auto(sources: dict[str, Path]
         )
     with pytest.raises(ConfigError, match="only applies with `source.path: auto`"):
         config.model_copy(update={"source": config.source.model_copy(update={"path": None})}).check("s.yaml")
+
+
+def test_one_agent_written_three_ways_is_probed_once(sources: dict[str, Path], monkeypatch) -> None:
+    folder = sources["normal"].parent
+    monkeypatch.chdir(folder)
+    assert candidate_sources(["normal.zip", "./normal.zip", str(sources["normal"])]) == ["normal.zip"]
+
+
+def test_a_context_that_is_not_yaml_is_named(sources: dict[str, Path], capsys) -> None:
+    from rltransfer.cli import build_parser, main
+
+    assert (
+        main(["select", str(sources["normal"]), "--env", NORMAL, "--context", "pole_length={uniform: [0.3"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert (
+        "--context 'pole_length={uniform: [0.3': the value is not valid YAML" in err
+        and "Traceback" not in err
+    )
+    assert "%%" not in build_parser()._subparsers._group_actions[0].choices["select"].format_help()
+
+
+def test_auto_and_a_trained_source_are_not_both_given(sources: dict[str, Path], tmp_path: Path) -> None:
+    config = _auto_study(sources, tmp_path)
+    both = config.model_copy(
+        update={"source": config.source.model_copy(update={"config": "cartpole/source"})}
+    )
+    with pytest.raises(ConfigError, match="`source.config` .* would be ignored"):
+        both.check("s.yaml")

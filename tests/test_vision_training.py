@@ -623,3 +623,8 @@ def test_predict_with_a_model_path_that_does_not_exist_says_so(tmp_path: Path) -
     (tmp_path / "run").mkdir()
     with pytest.raises(TransferError, match=r"Model .*run/model.json does not exist"):
         predict(tmp_path / "run" / "model.json", [tmp_path / "x.png"], device="cpu")
+
+
+def test_image_l2sp_without_a_strength_is_refused() -> None:
+    with pytest.raises(ValueError, match="weight_decay"):
+        TrainingConfig(decay_to="source", weight_decay=0.0)

@@ -177,7 +177,7 @@ class TransferConfig(RunConfig):
     def check(self, origin: str) -> None:
         super().check(origin)
         if self.agent is not None:
-            self.agent.check(origin)
+            self.agent.check(origin, inherits=True)
         if self.unfreeze_at is not None and self.unfreeze_at >= self.budget:
             raise ConfigError(
                 f"{origin}: `unfreeze_at` ({self.unfreeze_at:,}) is not below `budget` ({self.budget:,}): the frozen "

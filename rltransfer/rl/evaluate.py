@@ -161,9 +161,18 @@ def _env_of(path: Path, env: str | None) -> EnvConfig:
                 "--env ID (e.g. --env CartPole-v1)."
             )
         context = saved.get("context") or {}
-        return EnvConfig(id=saved["id"], context=context, n_envs=1)
+        return EnvConfig(
+            id=saved["id"], context=context, n_envs=1, observe_context=bool(saved.get("observe_context"))
+        )
     same = isinstance(saved, dict) and saved.get("id") == env
-    return EnvConfig(id=env, context=(saved.get("context") or {}) if same else {}, n_envs=1)
+    if not same:
+        return EnvConfig(id=env, n_envs=1)
+    return EnvConfig(
+        id=env,
+        context=saved.get("context") or {},
+        n_envs=1,
+        observe_context=bool(saved.get("observe_context")),
+    )
 
 
 def _make_env(env: EnvConfig, seed: int, video_dir: str | Path | None, episodes: int) -> VecEnv:

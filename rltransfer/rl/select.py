@@ -152,7 +152,10 @@ def candidate_sources(items: Sequence[str | Path]) -> list[str]:
         found += inside
     if not found:
         raise ConfigError("No candidate source was given: name at least one run directory or .zip file.")
-    return list(dict.fromkeys(found))
+    unique: dict[str, str] = {}  # one probe per agent, however its path is written (src, src/, ./src)
+    for name in found:
+        unique.setdefault(name if is_hub(name) else str(Path(name).resolve()), name)
+    return list(unique.values())
 
 
 class _RandomPolicy:

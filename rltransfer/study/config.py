@@ -47,6 +47,12 @@ class StudySource(Section):
         return self.path == "auto"
 
     def check(self, origin: str) -> None:
+        if self.auto and self.config is not None:
+            raise ConfigError(
+                f"{origin}: `source.path: auto` chooses each target's source among `source.candidates`, so "
+                "`source.config` (a source the study trains) would be ignored. Remove one of them (train that "
+                "source first and list its run directory among the candidates)."
+            )
         if self.auto and not self.candidates:
             raise ConfigError(
                 f"{origin}: `source.path: auto` chooses each target's source from `source.candidates`, which is "
@@ -168,7 +174,7 @@ class StudyConfig(Section):
             check_side_by_side(target.id, target.context, self.eval.envs, self.eval.deterministic, origin)
         self.execution.check(origin)
         if self.agent is not None:
-            self.agent.check(origin)
+            self.agent.check(origin, inherits=True)
             if self.agent.optimizer.decay_to == "source":
                 raise ConfigError(
                     f"{origin}: `agent.optimizer.decay_to: source` in the study's agent would reach scratch, which "

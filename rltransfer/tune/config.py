@@ -164,7 +164,7 @@ class TuneConfig(Section):
         )
         self.execution.check(origin)
         if self.agent is not None:
-            self.agent.check(origin)
+            self.agent.check(origin, inherits=True)
             for key, used in (
                 ("kickstart", self.agent.kickstart.weight > 0),
                 ("source_transitions", self.agent.source_transitions.steps > 0),

@@ -155,6 +155,15 @@ class TrainingConfig(Section):
     """Learning rate of the class centers."""
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
 
+    @model_validator(mode="after")
+    def _l2sp_needs_a_strength(self) -> TrainingConfig:
+        if self.decay_to == "source" and self.weight_decay == 0:
+            raise ValueError(
+                "`decay_to: source` pulls the weights toward their starting values with strength `weight_decay`, "
+                "which is 0 here, so it would do nothing; set a strength (e.g. weight_decay: 0.01) or remove decay_to"
+            )
+        return self
+
 
 class SourceStageConfig(Section):
     """Optional stage (a): train the network on a source data set before transferring it."""
