@@ -112,6 +112,14 @@ class AgentConfig(Section):
     source_transitions: SourceTransitionsConfig = Field(default_factory=SourceTransitionsConfig)
     """Transfers with DQN, SAC or TD3: replay the source's own transitions beside the target's."""
 
+    def source_learning(self) -> list[str]:
+        """The settings switched on that learn from a source (refused wherever no source reaches the agent)."""
+        used = {
+            "kickstart": self.kickstart.weight > 0,
+            "source_transitions": self.source_transitions.steps > 0,
+        }
+        return [key for key, on in used.items() if on]
+
     def check(self, origin: str, inherits: bool = False) -> None:
         """`inherits`: a transfer's, study's or tuning's section, written on top of the source's agent; without
         its own `algo` the hyperparameters are checked once the source's algorithm is known."""

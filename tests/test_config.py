@@ -216,7 +216,9 @@ def test_a_huge_value_is_quoted_short_in_the_error(tmp_path: Path) -> None:
     assert len(str(error.value)) < 600
     from rltransfer.envs.base import family_of
 
-    with pytest.raises(ConfigError, match=r"`env.context.pole_length`: a list .* must hold finite numbers") as error:
+    with pytest.raises(
+        ConfigError, match=r"`env.context.pole_length`: a list .* must hold finite numbers"
+    ) as error:
         family_of("rltransfer/CartPole-v1").validate({"pole_length": [["x"] * 9] * 10**5}, "env.context")
     assert len(str(error.value)) < 600
 

@@ -128,15 +128,11 @@ class TrainConfig(RunConfig):
                 f"{origin}: `agent.optimizer.decay_to: source` pulls weights toward a source's, but `rltransfer "
                 "train` has no source. Use it in a transfer config (or a study strategy's `agent`)."
             )
-        for key, used in (
-            ("kickstart", self.agent.kickstart.weight > 0),
-            ("source_transitions", self.agent.source_transitions.steps > 0),
-        ):
-            if used:
-                raise ConfigError(
-                    f"{origin}: `agent.{key}` learns from a source, but `rltransfer train` has no source. Use it "
-                    "in a transfer config (or a study strategy's `agent`)."
-                )
+        for key in self.agent.source_learning():
+            raise ConfigError(
+                f"{origin}: `agent.{key}` learns from a source, but `rltransfer train` has no source. Use it "
+                "in a transfer config (or a study strategy's `agent`)."
+            )
 
 
 class ChainStage(Section):

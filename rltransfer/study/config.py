@@ -181,19 +181,15 @@ class StudyConfig(Section):
                     "has no source. Give it to a strategy: {name: l2sp, agent: {optimizer: {decay_to: source, "
                     "weight_decay: 0.01}}}."
                 )
-            for key, used, example in (
-                ("kickstart", self.agent.kickstart.weight > 0, "{kickstart: {weight: 1.0}}"),
-                (
-                    "source_transitions",
-                    self.agent.source_transitions.steps > 0,
-                    "{source_transitions: {steps: 10000}}",
-                ),
-            ):
-                if used:
-                    raise ConfigError(
-                        f"{origin}: `agent.{key}` in the study's agent would reach scratch, which has no source. "
-                        f"Give it to a strategy: {{name: {key.replace('_', '-')}, agent: {example}}}."
-                    )
+            examples = {
+                "kickstart": "{kickstart: {weight: 1.0}}",
+                "source_transitions": "{source_transitions: {steps: 10000}}",
+            }
+            for key in self.agent.source_learning():
+                raise ConfigError(
+                    f"{origin}: `agent.{key}` in the study's agent would reach scratch, which has no source. "
+                    f"Give it to a strategy: {{name: {key.replace('_', '-')}, agent: {examples[key]}}}."
+                )
 
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)

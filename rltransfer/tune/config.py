@@ -165,15 +165,11 @@ class TuneConfig(Section):
         self.execution.check(origin)
         if self.agent is not None:
             self.agent.check(origin, inherits=True)
-            for key, used in (
-                ("kickstart", self.agent.kickstart.weight > 0),
-                ("source_transitions", self.agent.source_transitions.steps > 0),
-            ):
-                if used:
-                    raise ConfigError(
-                        f"{origin}: `agent.{key}` in a tuning's agent would reach the scratch arm, which has no "
-                        "source. Compare it with scratch as a study strategy ({name: ..., agent: {...}})."
-                    )
+            for key in self.agent.source_learning():
+                raise ConfigError(
+                    f"{origin}: `agent.{key}` in a tuning's agent would reach the scratch arm, which has no "
+                    "source. Compare it with scratch as a study strategy ({name: ..., agent: {...}})."
+                )
         steps = (
             self.space.unfreeze_at if isinstance(self.space.unfreeze_at, list) else [self.space.unfreeze_at]
         )
