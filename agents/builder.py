@@ -17,6 +17,7 @@ from rltransfer.agents.config import AgentConfig
 from rltransfer.agents.dropout import add_dropout
 from rltransfer.agents.extractors import extractor_kwargs
 from rltransfer.agents.freezing import rebuild_optimizers
+from rltransfer.agents.trunks import SourceTrunks
 from rltransfer.core.errors import ConfigError
 from rltransfer.core.optim import optimizer_class
 
@@ -69,7 +70,10 @@ def policy_kwargs(agent: AgentConfig, observation_space: spaces.Space | None = N
     cls, kwargs = optimizer_settings(agent)
     result: dict[str, Any] = {"optimizer_class": cls, "optimizer_kwargs": kwargs}
     policy = agent.policy
-    if observation_space is not None:
+    if policy.trunks is not None:  # sources' trunks side by side (a transfer's `combine`)
+        result["features_extractor_class"] = SourceTrunks
+        result["features_extractor_kwargs"] = {"trunks": [trunk.model_dump() for trunk in policy.trunks]}
+    elif observation_space is not None:
         result.update(extractor_kwargs(policy.features, policy.features_dim, observation_space))
     if policy.hidden is not None:
         result["net_arch"] = policy.hidden

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from rltransfer.agents.algorithms import ALGORITHMS
 from rltransfer.core.config import Section, parse_config
@@ -14,6 +14,20 @@ from rltransfer.core.optim import OptimizerName
 
 Activation = Literal["tanh", "relu", "elu", "leaky_relu", "gelu", "silu"]
 Algo = Literal["ppo", "a2c", "dqn", "sac", "td3"]
+
+
+class TrunkSpec(Section):
+    """A source agent's trunk inside a combined feature extractor (written by a transfer's ``combine``)."""
+
+    features: Literal["flatten", "nature_cnn", "small_cnn"] = "flatten"
+    features_dim: int | None = Field(None, ge=1)
+    hidden: list[int] = Field(default_factory=list)
+    """Sizes of the source's hidden layers kept in the trunk."""
+    activation: Activation = "tanh"
+    scaled: bool = False
+    """The source's VecNormalize observation statistics are applied inside the trunk."""
+    clip: float = Field(10.0, gt=0.0)
+    epsilon: float = Field(1e-8, gt=0.0)
 
 
 class PolicyConfig(Section):
@@ -34,6 +48,22 @@ class PolicyConfig(Section):
     small_cnn (one 3x3 conv + dense layer, for small channel-first grids such as MinAtar and MiniGrid)."""
     features_dim: int | None = Field(None, ge=1)
     """Output size of a CNN extractor (nature_cnn: 512, small_cnn: 128 by default)."""
+    trunks: list[TrunkSpec] | None = None
+    """Source trunks side by side as the feature extractor, their features concatenated (set by a transfer's
+    ``combine``, which copies and freezes them; `hidden` then sizes the trainable layers above them)."""
+
+    @field_validator("trunks")
+    @classmethod
+    def _trunks_replace_extractor(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not value:
+            raise ValueError("trunks needs at least one trunk (or null)")
+        if value is not None and (
+            info.data.get("features", "auto") != "auto" or info.data.get("features_dim")
+        ):
+            raise ValueError(
+                "trunks are the feature extractor: leave features at auto and features_dim unset"
+            )
+        return value
 
     @field_validator("hidden")
     @classmethod

@@ -133,6 +133,32 @@ class TrainConfig(RunConfig):
                 f"{origin}: `agent.{key}` learns from a source, but `rltransfer train` has no source. Use it "
                 "in a transfer config (or a study strategy's `agent`)."
             )
+        if self.agent.policy.trunks is not None:
+            raise ConfigError(
+                f"{origin}: `agent.policy.trunks` holds sources' trunks, which only a transfer fills (with "
+                "`combine`); `rltransfer train` would train them from random weights. Remove it, or write a "
+                "transfer config with `source` and `combine: {source: SECOND_SOURCE}`."
+            )
+
+
+class CombineConfig(Section):
+    """A second source whose trunk runs beside the first's: both frozen, their features concatenated (model
+    concatenation); the layers above them and the heads are new."""
+
+    source: str = Field(..., min_length=1)
+    """The second source agent: an rltransfer run directory or an SB3 ``.zip`` (any algorithm whose observations
+    have the target's shape)."""
+    hidden: list[int] = Field(default_factory=lambda: [64])
+    """Trainable hidden layers on the concatenated features, below the new heads ([] : heads only)."""
+    trust_source: bool = False
+    """Load the second source with SB3's full loader (runs pickled objects in the file; trusted files only)."""
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_sizes(cls, value: list[int]) -> list[int]:
+        if any(size < 1 for size in value):
+            raise ValueError("hidden layer sizes must be positive integers")
+        return value
 
 
 class ChainStage(Section):
@@ -169,13 +195,35 @@ class TransferConfig(RunConfig):
     trust_source: bool = False
     """Load the source with SB3's full loader, which runs the pickled objects inside the file. Only for files
     you trust; the default reads weights only and never executes anything from the file."""
+    combine: CombineConfig | None = None
+    """Two sources at once: the trunks of `source` and of ``combine.source`` side by side, frozen, under new
+    layers and heads (null: one source)."""
 
     def check(self, origin: str) -> None:
         super().check(origin)
         if self.agent is not None:
             self.agent.check(origin, inherits=True)
+        if self.combine is not None:
+            check_combine(self, self.agent, origin)
         if self.unfreeze_at is not None and self.unfreeze_at >= self.budget:
             raise ConfigError(
                 f"{origin}: `unfreeze_at` ({self.unfreeze_at:,}) is not below `budget` ({self.budget:,}): the frozen "
                 "layers would never train. Lower unfreeze_at or raise the budget."
             )
+
+
+def check_combine(config: Any, agent: AgentConfig | None, origin: str) -> None:
+    """`combine` builds a new network on the sources' trunks: what copies or distils one source's layers does not
+    apply (`config`: a transfer config or a study strategy; `agent`: its agent section)."""
+    for key in ("reinit", "layer_map", "chain"):
+        if getattr(config, key):
+            raise ConfigError(
+                f"{origin}: `{key}` does not apply with `combine`: the sources' trunks are copied whole and frozen, "
+                "and every other layer is new (a chain transfers one source through its stages). Remove one of "
+                "them."
+            )
+    for key in agent.source_learning() if agent is not None else []:
+        raise ConfigError(
+            f"{origin}: `agent.{key}` learns from one source's own network, which `combine` replaces by a new one "
+            "on two sources' trunks. Use them in separate strategies."
+        )

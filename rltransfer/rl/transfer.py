@@ -28,7 +28,8 @@ from rltransfer.core.record import RunRecord, restart_if_never_checkpointed
 from rltransfer.core.state import digest
 from rltransfer.rl.callbacks import OnEvaluation, UnfreezeAt
 from rltransfer.rl.chain import chain_stage_config, check_chain, stage_state, stage_summary
-from rltransfer.rl.config import EnvConfig, TransferConfig
+from rltransfer.rl.combine import combined_agent, load_and_freeze
+from rltransfer.rl.config import EnvConfig, TransferConfig, check_combine
 from rltransfer.rl.environment import make_envs
 from rltransfer.rl.hub import is_hub
 from rltransfer.rl.instances import attach_source_transitions
@@ -161,12 +162,23 @@ def _transfer_stage(
         _check_same_source(run_dir, source.path, source_digest)
     agent = inherit_agent(source_agent_config(source), config.agent, "agent")
     check_source_learning(agent, "the transfer's agent")
+    sources, trunk_states = [source], []
+    if config.combine is not None:  # two sources' trunks side by side under new layers
+        check_combine(config, agent, "the transfer")
+        sources.append(load_source(config.combine.source, trust=config.combine.trust_source))
+        if resume and run_dir is not None:
+            _check_same_source(run_dir, sources[1].path, digest(sources[1].path), "combine_digest")
+        agent, trunk_states = combined_agent(agent, sources, config.combine)
     config = config.model_copy(update={"agent": agent})  # config.yaml holds the agent built, for --resume
     train_env, eval_env = make_envs(config.env, config.seed)
-    scaling = scaling_for(train_env, source.scaling, config.env.id)
+    # combined trunks each keep their own source's observation statistics inside them
+    scaling = scaling_for(train_env, source.scaling, config.env.id) if config.combine is None else None
     train_env, eval_env = apply_scaling(train_env, scaling), apply_scaling(eval_env, scaling)
     model = build_agent(agent, train_env, seed=config.seed, device=resolve_device(config.device))
-    mapping = _map_and_freeze(model, source, agent, config, first)
+    if config.combine is not None:
+        mapping = load_and_freeze(model, trunk_states, sources, config.freeze)
+    else:
+        mapping = _map_and_freeze(model, source, agent, config, first)
     if agent.optimizer.decay_to == "source":  # L2-SP: anchored at the weights just copied from the source
         decay_toward_source(model, list(mapping.copied), agent.optimizer.weight_decay)
     if agent.kickstart.weight > 0:  # distil the source's policy, on the target's states, while fine-tuning
@@ -194,6 +206,10 @@ def _transfer_stage(
         # the source's VecNormalize statistics, kept fixed on the target's observations (or dropped: shapes)
         "observation_scaling": str(scaling.path) if scaling else ("dropped" if source.scaling else None),
     }
+    if config.combine is not None:
+        metadata["combine_source"] = str(sources[1].path)
+        metadata["combine_digest"] = digest(sources[1].path)
+        metadata["observation_scaling"] = "inside each trunk" if any(s.scaling for s in sources) else None
     if chain:
         metadata["chain"] = chain
         metadata["chain_steps"] = sum(int(stage["timesteps"] or 0) for stage in chain)
@@ -274,9 +290,9 @@ def _check_source_still_there(source: str, run_dir: Path) -> None:
     )
 
 
-def _check_same_source(run_dir: Path, path: Path, source_digest: str) -> None:
+def _check_same_source(run_dir: Path, path: Path, source_digest: str, key: str = "source_digest") -> None:
     """A resumed transfer continues from the source it started from, or not at all."""
-    recorded = RunRecord.read(run_dir).get("source_digest")
+    recorded = RunRecord.read(run_dir).get(key)
     if recorded is not None and recorded != source_digest:
         raise ConfigError(
             f"The source {path} changed after {run_dir} started from it (SHA-256 {recorded[:12]}... then, "

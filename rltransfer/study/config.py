@@ -9,7 +9,7 @@ from pydantic import Field, FiniteFloat, PositiveInt, StrictInt, field_validator
 from rltransfer.agents.config import AgentConfig
 from rltransfer.core.config import NAME_MAX, NAME_PATTERN, Section, check_device
 from rltransfer.core.errors import ConfigError
-from rltransfer.rl.config import ChainStage, check_budget
+from rltransfer.rl.config import ChainStage, CombineConfig, check_budget
 
 
 def check_seeds(value: list[int] | int) -> list[int] | int:
@@ -89,6 +89,9 @@ class StudyStrategy(Section):
     own; the report shows the intermediate steps beside the target's metrics)."""
     agent: dict[str, Any] = Field(default_factory=dict)
     """Overrides merged into the study's agent for this strategy only, e.g. ``{optimizer: {lr: 0.0001}}``."""
+    combine: CombineConfig | None = None
+    """Two sources at once: the study's source and ``combine.source``, their trunks frozen side by side under new
+    layers and heads."""
 
 
 class StudyEval(Section):

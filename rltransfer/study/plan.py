@@ -23,7 +23,8 @@ from rltransfer.core.config import load_config, resolve_config_path
 from rltransfer.core.errors import ConfigError, LayerSelectionError, TransferError, did_you_mean, short_list
 from rltransfer.core.layers import select_layers
 from rltransfer.core.state import digest
-from rltransfer.rl.config import EnvConfig, TrainConfig
+from rltransfer.rl.combine import check_trunk_fits
+from rltransfer.rl.config import EnvConfig, TrainConfig, check_combine
 from rltransfer.rl.environment import check_env, make_envs, reward_threshold
 from rltransfer.rl.mapping import map_weights
 from rltransfer.rl.select import SourceSelection
@@ -119,6 +120,7 @@ def _resolve_layers(policy: Any, strategy: StudyStrategy | str, reinitialised: s
             "unfreeze_at": strategy.unfreeze_at,
             "layer_map": dict(strategy.layer_map),
             "chain": [stage.model_dump(mode="json") for stage in strategy.chain],
+            "combine": strategy.combine.model_dump(mode="json") if strategy.combine else None,
         }
     if strategy == "head-only":
         return {
@@ -148,6 +150,24 @@ def _check_strategy_extras(
             map_weights(source_state, policy, layer_map=strategy.layer_map)
         except ConfigError as error:
             raise ConfigError(f"`strategies` {strategy.name}: {error}") from None
+
+
+def _check_combined_source(strategy: StudyStrategy, agent: AgentConfig, env: dict[str, Any]) -> str:
+    """A strategy's second source loads and its trunk reads the target's observations; returns its digest (part
+    of every run's fingerprint: stored results go stale when that source changes)."""
+    assert strategy.combine is not None
+    where = f"`strategies` {strategy.name}"
+    check_combine(strategy, _strategy_agent(agent, strategy), where)
+    second = load_source(strategy.combine.source, trust=strategy.combine.trust_source)
+    probe_env, other = make_envs(EnvConfig(**{**env, "n_envs": 1}), 0)
+    try:
+        check_trunk_fits(second, probe_env.observation_space)
+    except TransferError as error:
+        raise ConfigError(f"{where}.combine: {error}") from None
+    finally:
+        probe_env.close()
+        other.close()
+    return digest(second.path)[:16]
 
 
 def _strategy_agent(agent: AgentConfig, strategy: StudyStrategy | str) -> AgentConfig:
@@ -314,15 +334,18 @@ def _plan_target(
         )
     for name, strategy in strategies.items():
         layers = _resolve_layers(policy, strategy, set(mapping.reinitialised))
+        source_id = source.id
         if isinstance(strategy, StudyStrategy):
             _check_strategy_extras(strategy, source.state, source.agent, env)
+            if strategy.combine is not None:
+                source_id += "+" + _check_combined_source(strategy, source.agent, env)
         overrides = strategy.agent if isinstance(strategy, StudyStrategy) else {}
         plan.strategies.setdefault(name, {**layers, "agent": overrides})
         agent = _strategy_agent(source.agent, strategy)
         for seed in config.seed_list():
             plan.runs.append(
                 _run_spec(
-                    config, plan.study_dir, label, name, seed, env, agent, layers, source.path, source.id
+                    config, plan.study_dir, label, name, seed, env, agent, layers, source.path, source_id
                 )
             )
 
@@ -369,13 +392,15 @@ def _run_spec(
         ],
         trust_source=bool(source_path and config.source.trust_source),
     )
+    if layers.get("combine"):
+        run["combine"] = copy.deepcopy(layers["combine"])
     return RunSpec(label, strategy, seed, "transfer", run, run_dir, source_id)
 
 
 def config_fingerprint(config: BaseModel | dict[str, Any]) -> str:
     """A short digest of a run's settings without ``log_root`` (which follows the study directory),
     ``eval.envs`` (how many evaluation episodes play at once changes how fast, never what they return) and
-    ``agent.kickstart`` / ``agent.source_transitions`` when they are off."""
+    ``agent.kickstart`` / ``agent.source_transitions`` / ``agent.policy.trunks`` / ``combine`` when they are off."""
     data = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
     data.pop("log_root", None)
     agent = data.get("agent")
@@ -384,6 +409,11 @@ def config_fingerprint(config: BaseModel | dict[str, Any]) -> str:
         off = {"kickstart": not (agent.get("kickstart") or {}).get("weight"),
                "source_transitions": not (agent.get("source_transitions") or {}).get("steps")}  # fmt: skip
         data["agent"] = {key: value for key, value in agent.items() if not off.get(key)}
+        policy = data["agent"].get("policy")
+        if isinstance(policy, dict) and policy.get("trunks") is None:
+            data["agent"]["policy"] = {key: value for key, value in policy.items() if key != "trunks"}
+    if data.get("combine", 0) is None:
+        data.pop("combine")
     evaluation = data.get("eval")
     if isinstance(evaluation, dict) and "envs" in evaluation:
         data["eval"] = {key: value for key, value in evaluation.items() if key != "envs"}
