@@ -219,7 +219,9 @@ def test_a_study_compares_two_sources_as_a_strategy(tiny_source: Path, dqn_zip: 
     record = RunRecord.read(report.study_dir / "runs" / "LongPole" / "two-sources" / "seed0").data
     assert record["combine_source"] == str(dqn_zip)
     assert "features_extractor.trunks.1.layers.0" in record["mapping"]["copied"]
-    assert "two-sources" in report.report_md.read_text(encoding="utf-8")
+    text = report.report_md.read_text(encoding="utf-8")
+    assert f"`two-sources`: the source's and {dqn_zip}'s trunks frozen side by side" in text
+    assert "concatenated under new layers [16] and new heads" in text
     assert not report.failed
     # runs without `combine` keep the fingerprints they had before it existed
     plain = {"kind": "train", "agent": {"algo": "ppo", "policy": {"hidden": [64]}}, "budget": 1}

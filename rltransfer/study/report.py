@@ -309,6 +309,13 @@ def _command() -> str:
 
 def _describe_strategy(spec: dict[str, Any]) -> str:
     parts = []
+    if spec.get("combine"):
+        hidden = spec["combine"]["hidden"]
+        above = f"new layers {hidden} and new heads" if hidden else "new heads"
+        parts.append(
+            f"the source's and {spec['combine']['source']}'s trunks frozen side by side, their features "
+            f"concatenated under {above}"
+        )
     if spec["freeze"]:
         parts.append("frozen: " + ", ".join(spec["freeze"]))
     if spec["reinit"]:
