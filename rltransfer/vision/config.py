@@ -10,8 +10,20 @@ from rltransfer.core.config import NAME_MAX, NAME_PATTERN, Section, check_device
 from rltransfer.core.optim import OptimizerName
 
 
+class SecondModelConfig(Section):
+    """A second source network whose trunk sits beside the first's (model concatenation): both heads are removed,
+    their features concatenated, and one new head reads them."""
+
+    arch: str = "small_cnn"
+    """Its architecture, as for ``model.arch``; it sees the task's images as preprocessed for the first model."""
+    weights: str
+    """Its weights (required: a random trunk would add noise features): an rltransfer image run (or its model/
+    folder), a ``.pt``/``.pth`` state dict, or a registry weight name such as ``DEFAULT``."""
+
+
 class ModelConfig(Section):
-    """The network: an architecture, optional starting weights, dropout before the new head."""
+    """The network: an architecture, optional starting weights, dropout before the new head, and optionally a
+    second source network whose trunk sits beside the first's."""
 
     arch: str = "small_cnn"
     """``small_cnn`` (built in), a torchvision classification model (resnet18, mobilenet_v3_small, vit_b_16...) or
@@ -25,6 +37,10 @@ class ModelConfig(Section):
     frozen_batchnorm: Literal["fixed", "update_stats"] = "fixed"
     """Frozen BatchNorm layers: ``fixed`` keeps their statistics and affine parameters (inference mode);
     ``update_stats`` lets running statistics follow the new data while the affine parameters stay frozen."""
+    second: SecondModelConfig | None = None
+    """Two sources at once: ``{arch: small_cnn, weights: runs/other}`` puts that network's trunk beside this one's,
+    their bottleneck features concatenated into one new head (named ``fc``; the trunks are ``first`` and
+    ``second``). The scratch baseline is the same two-trunk network from random weights."""
 
 
 class AugmentConfig(Section):

@@ -95,6 +95,8 @@ class ModelSpec:
     dropout: float = 0.0
     head: str = ""
     aux_heads: list[str] = field(default_factory=list)
+    second: str | None = None
+    """The second trunk's architecture in a two-model network (:class:`TwoTrunks`); ``arch`` is the first's."""
 
 
 def require_timm() -> Any:
@@ -371,26 +373,45 @@ def split_outputs(outputs: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
     raise TransferError(f"The model returned a {type(outputs).__name__}, not logits.")
 
 
-def build_classifier(spec: ModelSpec, weights: str | None = None) -> nn.Module:
+def build_classifier(
+    spec: ModelSpec, weights: str | None = None, second_weights: str | None = None
+) -> nn.Module:
     """The architecture of ``spec`` with its heads set to ``spec.num_classes``, optionally from ``weights``
-    (loaded before the heads are replaced, so a source with other classes still transfers its trunk)."""
+    (loaded before the heads are replaced, so a source with other classes still transfers its trunk). With
+    ``spec.second`` it is a :class:`TwoTrunks` network, the second trunk from ``second_weights``."""
+    if spec.second is not None:
+        return build_pair(spec, weights, second_weights)
     model = build_architecture(spec.arch, spec.in_channels)
     if weights:
-        source_classes = _source_classes(weights)
-        if source_classes is not None:  # an rltransfer run: its own head layout and class count
-            source = read_spec(model_folder(Path(weights)))
-            set_classes(model, source_classes, source.dropout)
-        load_weights(model, spec.arch, weights)
+        _load_source(model, spec.arch, weights)
     example = torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size)
     spec.head, spec.aux_heads = set_classes(model, spec.num_classes, spec.dropout, example)
     return model
 
 
-def _source_classes(weights: str) -> int | None:
+def _load_source(model: nn.Module, arch: str, weights: str) -> None:
+    """Load ``weights`` into a freshly built ``arch``; an rltransfer run gets its own head layout first."""
+    source = _source_spec(weights)
+    if source is not None:  # an rltransfer run: its own head layout and class count
+        set_classes(model, source.num_classes, source.dropout)
+    load_weights(model, arch, weights)
+
+
+def _source_spec(weights: str) -> ModelSpec | None:
+    """The model.json of an rltransfer run given as weights (None for a file or a registry name); a two-trunk
+    network is refused: its weights are not those of one architecture."""
     path = model_folder(Path(weights))
-    if path.is_dir() and (path / SPEC_FILE).is_file():
-        return read_spec(path).num_classes
-    return None
+    if not (path.is_dir() and (path / SPEC_FILE).is_file()):
+        return None
+    spec = read_spec(path)
+    if spec.second is not None:
+        raise TransferError(
+            f"{weights} holds a two-model network ({spec.arch} + {spec.second}, `model.second`), not one "
+            f"{spec.arch}: it cannot be the starting weights of a network. Give the runs (or files) of its two "
+            "sources as `model.weights` and `model.second.weights` instead; to classify with it, use "
+            "`rltransfer image predict`."
+        )
+    return spec
 
 
 def read_spec(run_dir: Path) -> ModelSpec:
@@ -429,8 +450,8 @@ def adopt_module(custom: nn.Module, spec: ModelSpec, weights: str | None, fresh:
         reset_parameters(model)
     elif weights:
         path = model_folder(Path(weights))
-        if (path / SPEC_FILE).is_file():
-            source = read_spec(path)
+        source = _source_spec(weights)
+        if source is not None:
             set_classes(model, source.num_classes, source.dropout)
         state = read_state_dict(path)
         missing, unexpected, wrong = _compare(model, state)
@@ -468,6 +489,8 @@ def load_classifier(
                 "rebuild safely. Load it from Python: load_classifier(path, module=YourModule(...))."
             )
         model = copy.deepcopy(module)
+    elif spec.second is not None:
+        model = bare_pair(spec)
     else:
         model = build_architecture(spec.arch, spec.in_channels)
     set_classes(model, spec.num_classes, spec.dropout)
@@ -479,3 +502,110 @@ def load_classifier(
         )
     model.load_state_dict(state)
     return model.to(device).eval(), spec
+
+
+class TwoTrunks(nn.Module):
+    """Two source networks' trunks side by side (model concatenation): ``first`` and ``second`` (each with its head
+    removed) see the same images, and the new head ``fc`` reads their concatenated bottleneck features.
+
+    :param first: the first trunk (its head replaced by ``nn.Identity``).
+    :param second: the second trunk, likewise.
+    :param features: the width of each trunk's output, in that order.
+    :param num_classes: outputs of the new head.
+    """
+
+    def __init__(
+        self, first: nn.Module, second: nn.Module, features: tuple[int, int], num_classes: int
+    ) -> None:
+        super().__init__()
+        self.first = first
+        self.second = second
+        self.features = features
+        self.fc = nn.Linear(sum(features), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.cat([self.first(x).flatten(1), self.second(x).flatten(1)], dim=1))
+
+
+def build_pair(spec: ModelSpec, weights: str | None, second_weights: str | None) -> nn.Module:
+    """A :class:`TwoTrunks` network for ``spec``: the trunk of ``spec.arch`` from ``weights`` and the trunk of
+    ``spec.second`` from ``second_weights`` (either None: random), then the new head for the classes."""
+    assert spec.second is not None
+    first, first_width = make_trunk(spec.arch, spec, weights, "model")
+    second, second_width = make_trunk(spec.second, spec, second_weights, "model.second")
+    model = TwoTrunks(first, second, (first_width, second_width), spec.num_classes)
+    example = torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size)
+    spec.head, spec.aux_heads = set_classes(model, spec.num_classes, spec.dropout, example)
+    return model
+
+
+def bare_pair(spec: ModelSpec) -> TwoTrunks:
+    """The two-trunk layout of ``spec`` from random weights, without any check (its state dict is loaded next)."""
+    assert spec.second is not None
+    trunks = [_strip_head(build_architecture(arch, spec.in_channels)) for arch in (spec.arch, spec.second)]
+    return TwoTrunks(trunks[0][0], trunks[1][0], (trunks[0][1], trunks[1][1]), spec.num_classes)
+
+
+def make_trunk(arch: str, spec: ModelSpec, weights: str | None, key: str) -> tuple[nn.Module, int]:
+    """(trunk, width of its output): ``arch`` built for the task's images, loaded from ``weights``, its head
+    replaced by ``nn.Identity``. Errors name ``key`` (``model`` or ``model.second``) and say what to change."""
+    try:
+        if spec.image_size < MIN_INPUT.get(arch, 0):
+            raise ConfigError(
+                f"`model.arch`: {arch} needs inputs of at least {MIN_INPUT[arch]} pixels, but both models see the "
+                f"task's images at {spec.image_size} pixels (preprocessed for `{spec.arch}`). Set "
+                "`data.image_size` to what both architectures take."
+            )
+        model = build_architecture(arch, spec.in_channels)
+        aux = [] if is_timm(model) else head_names(model)[1]
+        if aux:  # checked before any weights are fetched
+            raise ConfigError(
+                f"`model.arch`: {arch} has auxiliary heads ({', '.join(aux)}) that answer from inside its trunk, "
+                "which a two-model network cannot keep. Choose an architecture without them (resnet50, "
+                "efficientnet_b0...)."
+            )
+        if weights:
+            _load_source(model, arch, weights)
+    except (ConfigError, TransferError) as error:
+        raise _for_key(error, key) from None
+    model, width = _strip_head(model)
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size))
+    except (RuntimeError, AssertionError, ValueError) as error:
+        raise ConfigError(
+            f"`{key}.arch`: {arch} cannot take the task's {(spec.in_channels, spec.image_size, spec.image_size)} "
+            f"images ({str(error).splitlines()[0] if str(error) else type(error).__name__}). Both models see the "
+            "same preprocessed images: set `data.image_size`, `data.channels` and `data.normalize` to what both "
+            "architectures take, or choose another architecture."
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.flatten(1).shape[1] != width:
+        raise TransferError(
+            f"`{key}.arch`: without its head {arch} outputs {getattr(out, 'shape', type(out).__name__)}, not "
+            f"{width} features per image: its output layer is not where rltransfer looked. Choose another "
+            "architecture for a two-model network."
+        )
+    model.train()
+    return model, width
+
+
+def _strip_head(model: nn.Module) -> tuple[nn.Module, int]:
+    """The model with its head replaced by ``nn.Identity`` and the width of what that head read."""
+    _unwrap_dropout_heads(model)
+    if is_timm(model):
+        width = int(model.num_features)
+        model.reset_classifier(0)
+        return model, width
+    linear = model.get_submodule(find_head(model))
+    assert isinstance(linear, nn.Linear)
+    _set_module(model, find_head(model), nn.Identity())
+    return model, linear.in_features
+
+
+def _for_key(error: ConfigError | TransferError, key: str) -> ConfigError | TransferError:
+    """The same error with the settings it names moved under ``key`` (``model.second``)."""
+    if key == "model":
+        return error
+    text = str(error).replace("`model.arch", f"`{key}.arch").replace("`model.weights", f"`{key}.weights")
+    return type(error)(text)

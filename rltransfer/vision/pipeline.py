@@ -30,6 +30,7 @@ from rltransfer.core.io import (
     write_text,
 )
 from rltransfer.core.record import RunRecord
+from rltransfer.core.state import rng_state, set_rng_state
 from rltransfer.vision.cache import FeatureCache
 from rltransfer.vision.config import DataConfig, ImageConfig, StageConfig
 from rltransfer.vision.data import DataError, Preprocessing, TaskData, build_transform, load_task, open_image
@@ -132,6 +133,7 @@ def run_image(
             "from, but this run starts from random weights (no `source`, no `model.weights`, no module of "
             "your own). Give one of those, or set `training.decay_to: zero`."
         )
+    _check_second(config, model)
     device = resolve_device(config.device)
     target = load_task(config.data, config.model.arch, config.seed, "data")
     source_task = (
@@ -146,7 +148,7 @@ def run_image(
         lock_run_dir(run_dir)
         done = {name: phase_from_dict(item) for name, item in checkpoint["done"].items()}
     else:  # the first network is built before anything is written: a bad architecture or weights file stops here
-        first = _first_network(config, source_task or target, model)
+        first = _first_network(config, source_task, target, model)
         run_dir = prepare_run_dir(config.log_root, config.name)
         write_text(run_dir / "config.yaml", dump_config(config))
     cache = FeatureCache(Path(config.cache_dir) if config.cache == "disk" else None)
@@ -192,19 +194,45 @@ def _resumed(run_dir: Path, model: nn.Module | None) -> tuple[ImageConfig, dict[
     return config, checkpoint
 
 
+def _check_second(config: ImageConfig, model: nn.Module | None) -> None:
+    """``model.second`` needs a first source to sit beside and an architecture by name (checked before anything
+    is built or written)."""
+    if config.model.second is None:
+        return
+    if model is not None:
+        raise ConfigError(
+            f"`model.second` puts a {config.model.second.arch} trunk beside a `model.arch` network, but this run "
+            f"replaces `model.arch` with your own module {type(model).__name__}. Build the two-trunk network as "
+            "your own module (rltransfer.vision.TwoTrunks shows how), or drop `model.second`."
+        )
+    if config.source is None and config.model.weights is None:
+        raise ConfigError(
+            "`model.second` sets a second source's trunk beside the first's, but the first network starts from "
+            "random weights (no `model.weights`, no `source` section): its features would be noise beside the "
+            "second's. Give the first source in `model.weights` (or train it in `source`), or, for a one-source "
+            f"transfer, move `{config.model.second.weights}` to `model.weights` and drop `model.second`."
+        )
+
+
 def _first_network(
-    config: ImageConfig, task: TaskData, model: nn.Module | None
+    config: ImageConfig, source_task: TaskData | None, target: TaskData, model: nn.Module | None
 ) -> tuple[nn.Module, ModelSpec, str | None]:
-    """The first phase's network, with every stage's layer selectors checked against it."""
+    """The first phase's network, with every stage's layer selectors checked against the network they train.
+    With ``model.second`` and a source phase, the source phase trains ``model.arch`` alone and the two-trunk
+    network (built here with the second's weights, so a bad second stops the run now) checks the other stages."""
     seed_everything(config.seed)
-    first = _network(config, task, config.model.weights, model)
-    heads = [first[1].head, *first[1].aux_heads]
-    for where, stages in (
-        ("source.stages", config.source.stages if config.source else []),
-        ("stages", config.stages),
-        ("baseline.stages", config.baseline.stages if config.baseline.enabled else []),
+    first = _network(config, source_task or target, config.model.weights, model, pair=source_task is None)
+    later = first
+    if source_task is not None and config.model.second is not None:
+        state = rng_state()  # the source phase trains exactly as it would without this check
+        later = _network(config, target, None, model, pair=True)
+        set_rng_state(state)
+    for where, stages, network in (
+        ("source.stages", config.source.stages if config.source else [], first),
+        ("stages", config.stages, later),
+        ("baseline.stages", config.baseline.stages if config.baseline.enabled else [], later),
     ):
-        check_stages(first[0], heads, stages, where)
+        check_stages(network[0], [network[1].head, *network[1].aux_heads], stages, where)
     return first
 
 
@@ -242,12 +270,13 @@ def _run_phases(
                 )
                 if first is None:
                     seed_everything(config.seed)
+                    pair = name != "source"  # with model.second: the source phase trains model.arch alone
                     if name == "scratch":
-                        first = _network(config, task, None, model, fresh=True)
+                        first = _network(config, task, None, model, fresh=True, pair=pair)
                     elif name == "transfer" and "source" in done:
-                        first = _network(config, task, done["source"].model_dir, model)
+                        first = _network(config, task, done["source"].model_dir, model, pair=pair)
                     else:
-                        first = _network(config, task, config.model.weights, model)
+                        first = _network(config, task, config.model.weights, model, pair=pair)
                 done[name] = _phase(context, name, task, data, stages, first, save, state)
                 first = None
                 _write_checkpoint(context, name, None)
@@ -329,10 +358,18 @@ class _Context:
 
 
 def _network(
-    config: ImageConfig, task: TaskData, weights: str | None, custom: nn.Module | None, fresh: bool = False
+    config: ImageConfig,
+    task: TaskData,
+    weights: str | None,
+    custom: nn.Module | None,
+    fresh: bool = False,
+    pair: bool = True,
 ) -> tuple[nn.Module, ModelSpec, str | None]:
-    """(model with heads for the task's classes, its spec, where its weights came from)."""
+    """(model with heads for the task's classes, its spec, where its weights came from). With ``model.second``
+    and ``pair`` it is the two-trunk network, the second trunk from ``model.second.weights`` (random when
+    ``fresh``)."""
     prep = task.preprocessing
+    second = config.model.second if pair and custom is None else None
     spec = ModelSpec(
         arch=config.model.arch if custom is None else f"{CUSTOM}{type(custom).__name__}",
         num_classes=len(task.classes),
@@ -342,7 +379,12 @@ def _network(
         mean=list(prep.mean),
         std=list(prep.std),
         dropout=config.model.dropout,
+        second=second.arch if second is not None else None,
     )
+    if second is not None:
+        second_weights = None if fresh else second.weights
+        origin = f"{weights or 'random'} + {second_weights or 'random'}"
+        return build_classifier(spec, weights, second_weights), spec, origin
     if custom is None:
         return build_classifier(spec, weights), spec, weights
     model = adopt_module(custom, spec, weights, fresh)
@@ -428,7 +470,7 @@ def _phase_hparams(
 ) -> dict[str, Any]:
     return {
         "phase": name,
-        "arch": spec.arch,
+        "arch": spec.arch if spec.second is None else f"{spec.arch} + {spec.second}",
         "weights": str(weights or "random"),
         "stages": " -> ".join(f"{s.name}[{','.join(s.train)}]@{s.lr:g}" for s in stages),
         "dropout": config.model.dropout,
@@ -499,10 +541,17 @@ def _report(config: ImageConfig, result: ImageResult) -> None:
         "versions": versions(),
     }
     write_json(result.run_dir / "report.json", data)
+    second = config.model.second
+    arch = f"`{config.model.arch}`" + (
+        f" + `{second.arch}` side by side (`model.second`: {second.weights}; the scratch baseline has both trunks "
+        "from random weights)"
+        if second is not None
+        else ""
+    )
     lines = [
         f"# Image transfer: {config.name}",
         "",
-        f"Architecture `{config.model.arch}`, classes "
+        f"Architecture {arch}, classes "
         f"{', '.join(result.classes)}; accuracy on the {result.transfer.evaluated_on} set.",
         "",
         "| network | accuracy | stages (best epoch / epochs run, best val accuracy, trunk cached) |",
