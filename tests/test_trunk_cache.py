@@ -212,4 +212,5 @@ def test_the_benchmark_times_both_updates_and_finds_them_equal(tmp_path) -> None
     (result,) = json.loads(out.read_text())["results"]
     assert result["frozen"][0] == "features_extractor" and result["samples"] == 8 * 128
     assert len(result["seconds_trunk_once"]) == len(result["seconds_trunk_every_minibatch"]) == 1
+    assert len(result["seconds_trunk_forward_once"]) == 1 and result["speedup_bound"] > 0
     assert result["max_weight_difference"] <= 1e-6 and result["speedup"] > 0
