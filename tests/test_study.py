@@ -334,3 +334,70 @@ def test_a_study_named_like_another_run_leaves_its_folder_alone(study, marker) -
     assert sorted((p.name, p.read_text()) for p in folder.iterdir()) == sorted(
         (name, name) for name in (marker, "curves.png", "report.md")
     )
+
+
+def test_a_pool_worker_stopped_by_a_signal_starts_none_of_its_queued_runs(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The pool hands a worker runs queued before the stop, which cancelling cannot withdraw: once a signal has
+    stopped one of its runs, the worker returns them unstarted instead of training them to the end."""
+    import signal
+    from types import SimpleNamespace
+
+    import torch
+
+    from rltransfer.core.interrupt import request_stop
+    from rltransfer.rl.callbacks import Checkpointing
+
+    execute = rltransfer.study.execute
+    monkeypatch.setattr(
+        execute.multiprocessing, "current_process", lambda: SimpleNamespace(name="SpawnProcess-1")
+    )
+    monkeypatch.setattr(execute, "_STOPPED_WORKER", [])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the test process keeps its threads
+    original_save = Checkpointing.save
+
+    def save_then_stop(self, **kwargs) -> None:
+        original_save(self, **kwargs)
+        request_stop(signal.SIGTERM)  # as the study's SIGTERM to its worker, right after a checkpoint
+
+    monkeypatch.setattr(Checkpointing, "save", save_then_stop)
+
+    def config(name: str) -> dict:
+        return dict(SOURCE, name=name, log_root=str(tmp_path), budget=1024, seed=0, device="cpu")
+
+    first = execute.execute_run("train", config("first"), str(tmp_path / "first"), "f1")
+    assert first["status"] == "interrupted" and first["signal"] == signal.SIGTERM
+    assert (tmp_path / "first" / "interrupted.json").is_file()
+    monkeypatch.setattr(Checkpointing, "save", original_save)
+    queued = execute.execute_run("train", config("queued"), str(tmp_path / "queued"), "f2")
+    assert queued == {"status": "interrupted", "signal": signal.SIGTERM, "seconds": 0.0, "started": False}
+    assert not (tmp_path / "queued").exists()
+
+
+def test_runs_in_the_study_process_start_again_after_a_stop(study, monkeypatch) -> None:
+    """Only pool workers remember a stop: the caller's own process runs the next study (or resume) normally."""
+    import signal
+
+    from rltransfer.core.interrupt import Interrupted, request_stop
+    from rltransfer.rl.callbacks import Checkpointing
+
+    study.update(seeds=1, strategies=["scratch"], budget=1024)
+    original_save = Checkpointing.save
+
+    def save_then_stop(self, **kwargs) -> None:
+        original_save(self, **kwargs)
+        request_stop(signal.SIGTERM)
+
+    monkeypatch.setattr(Checkpointing, "save", save_then_stop)
+    with pytest.raises(Interrupted):
+        run_study(study, workers=1, progress=False)
+    monkeypatch.setattr(Checkpointing, "save", original_save)
+    assert not rltransfer.study.execute._STOPPED_WORKER
+    run_study(study, workers=1, progress=False)
+    record = json.loads(
+        (
+            Path(study["log_root"]) / "tiny-study" / "runs" / "short" / "scratch" / "seed0" / "run.json"
+        ).read_text()
+    )
+    assert record["status"] == "finished"

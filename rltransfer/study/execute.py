@@ -53,15 +53,35 @@ def finished_elsewise(run_dir: Path) -> bool:
         return False
 
 
+_STOPPED_WORKER: list[int] = []
+"""In a pool worker: the signal that stopped one of its runs. The pool hands a worker runs it had queued before
+the study stopped, which cancelling cannot withdraw; they must not start (each run's signal handling ends with
+the run, so nothing else would stop them)."""
+
+
+def _in_pool_worker() -> bool:
+    return multiprocessing.current_process().name != "MainProcess"
+
+
 def execute_run(kind: str, config: dict[str, Any], run_dir: str, fingerprint: str) -> dict[str, Any]:
     """Run one study run (in a worker process) and store its result beside it; failures are returned, not raised.
 
     A run that an earlier attempt left interrupted, with a checkpoint of this same run (config and source, by
-    fingerprint), continues from it; any other leftover is cleared and the run starts afresh.
+    fingerprint), continues from it; any other leftover is cleared and the run starts afresh. In a pool worker
+    that a signal has stopped once, no further run starts: its record says so and its directory is untouched.
 
     A `kind` of the form ``module:function`` runs that function instead, as ``function(config, run_dir,
     fingerprint)`` returning a record of the same shape (a tuning trial: several seeds, with pruning)."""
-    if multiprocessing.current_process().name != "MainProcess":
+    if _STOPPED_WORKER:
+        return {"status": "interrupted", "signal": _STOPPED_WORKER[0], "seconds": 0.0, "started": False}
+    record = _execute(kind, config, run_dir, fingerprint)
+    if record.get("status") == "interrupted" and _in_pool_worker():
+        _STOPPED_WORKER.append(int(record["signal"]))
+    return record
+
+
+def _execute(kind: str, config: dict[str, Any], run_dir: str, fingerprint: str) -> dict[str, Any]:
+    if _in_pool_worker():
         torch.set_num_threads(1)  # one thread per worker; runs in the caller's process keep its setting
     if ":" in kind:
         module, _, function = kind.partition(":")
