@@ -14,8 +14,9 @@ another as ``EvalCallback`` does (``eval.envs: 1``), so that only that machinery
 gives it its default instead (episodes side by side where the game allows, same returns), to see what a user
 switching from the plain script gains. With ``--repeats R`` each pair runs each side R times (alternating, same
 seed) and keeps each side's fastest run: on a shared machine other load only ever adds time, and identical runs
-were seen to differ by up to 30%, so the fastest of a few is the better estimate of the work itself. Printed: the median ratio over the pairs (and the range) per algorithm;
-the table lands in ``runs/benchmarks/overhead.json``.
+were seen to differ by up to 30%, so the fastest of a few is the better estimate of the work itself. Printed:
+the median ratio over the pairs (and the range) per algorithm; the table lands in
+``runs/benchmarks/overhead.json``.
 """
 
 from __future__ import annotations
