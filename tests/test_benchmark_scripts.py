@@ -64,7 +64,7 @@ def test_the_overhead_script_times_the_same_work_on_both_sides(tmp_path: Path) -
     assert plain_means == [e["mean_return"] for e in evaluations if e["step"] > 0]
 
 
-def test_the_overhead_script_keeps_each_sides_fastest_repeat(tmp_path: Path) -> None:
+def test_the_overhead_script_reports_its_repeats_and_evaluation_setting(tmp_path: Path) -> None:
     import subprocess
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "overhead.py"
